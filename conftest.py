@@ -1,0 +1,7 @@
+"""Root conftest: registers Strata's two pytest plugins.
+
+fixtures.plugin  -- options, model/phase/family parametrization, cached probe fixtures
+reports.plugin   -- the `verdict` fixture, record collection (xdist-safe) and the report files
+"""
+
+pytest_plugins = ["fixtures.plugin", "reports.plugin"]
