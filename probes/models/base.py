@@ -1,0 +1,122 @@
+"""The model interface every probe reads weights through.
+
+A :class:`Model` is a model spec resolved to tensors by layer and canonical family. It never
+instantiates an ``nn.Module`` for weight access: :meth:`Model.weight` reads one tensor lazily
+(memory-mapped safetensors, or generated on demand for ``random:`` and ``synthetic:`` models).
+Only activation probes call :meth:`Model.hf_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping
+
+import torch
+
+# Canonical parameter families, in report order. An architecture may add its own
+# (gemma3: pre_ff_ln, post_ff_ln). A family a model lacks is N/A, never an error.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+NORMS = ("input_ln", "post_attn_ln", "q_norm", "k_norm", "pre_ff_ln", "post_ff_ln")
+CANONICAL_FAMILIES = PROJECTIONS + NORMS
+
+# Which side of each projection is the layer-internal (gauge) side, in HF Linear layout
+# [out_features, in_features]: rows for q/k/v/gate/up, columns for o/down.
+INTERNAL_SIDE = {"q_proj": "rows", "k_proj": "rows", "v_proj": "rows", "gate_proj": "rows",
+                 "up_proj": "rows", "o_proj": "cols", "down_proj": "cols"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Shapes that probes need; read from the model's config."""
+
+    architecture: str  # HF model_type: llama | mistral | qwen2 | qwen3 | gemma3_text
+    num_layers: int
+    hidden: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate: int
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per kv head."""
+        return self.num_heads // self.num_kv_heads
+
+    def kv_head_of(self, head: int) -> int:
+        """The kv head query head ``head`` reads, as transformers' ``repeat_kv`` does:
+        kv head ``h // (num_heads / num_kv_heads)``."""
+        return head // self.group_size
+
+
+@dataclass
+class Model:
+    """A resolved model spec. Subclasses implement :meth:`_read` and :meth:`hf_model`.
+
+    Attributes
+    ----------
+    spec:        the spec string as the user gave it (``smollm2-135m``, ``random:...``).
+    fingerprint: content hash: changes whenever the tensors would (cache key component).
+    layout:      shapes.
+    config:      the HF ``config.json`` as a dict.
+    families:    canonical families present in every layer, in CANONICAL_FAMILIES order.
+    is_twin:     True for ``random:`` models.
+    """
+
+    spec: str
+    fingerprint: str
+    layout: Layout
+    config: dict
+    families: tuple[str, ...]
+    is_twin: bool = False
+    meta: dict = field(default_factory=dict)
+
+    def weight(self, layer: int, family: str) -> torch.Tensor | None:
+        """One tensor as float32 on CPU, freshly read; ``None`` if the model lacks the family.
+
+        Projections in HF Linear layout ``[out, in]`` (q_proj: ``[num_heads*head_dim, hidden]``,
+        head h = rows ``h*head_dim:(h+1)*head_dim``); norms 1-D, as the effective gain the
+        layer multiplies by (gemma's ``1 + w`` already applied).
+        """
+        raise NotImplementedError
+
+    def shape(self, layer: int, family: str) -> tuple[int, ...] | None:
+        """The tensor's shape without reading its data (``None`` if the family is absent).
+        Sources override this with a header read; the default reads the tensor."""
+        w = self.weight(layer, family)
+        return None if w is None else tuple(w.shape)
+
+    def weight_rows(self, layer: int, family: str, start: int, stop: int) -> torch.Tensor | None:
+        """Rows ``start:stop`` of :meth:`weight` (float32). Sources backed by safetensors read
+        only those rows (``get_slice``); the default slices a full read."""
+        w = self.weight(layer, family)
+        return None if w is None else w[start:stop]
+
+    def layer_weights(self, layer: int, families) -> dict[str, torch.Tensor]:
+        """The families present in ``layer``, one read each."""
+        out = {}
+        for fam in families:
+            w = self.weight(layer, fam)
+            if w is not None:
+                out[fam] = w
+        return out
+
+    def iter_layers(self, families) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        """Stream layers in order; at most one layer's tensors alive per step."""
+        for layer in range(self.layout.num_layers):
+            yield layer, self.layer_weights(layer, families)
+
+    def hf_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        """The real transformers model (eval mode) for activation probes."""
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids for ``text`` (no special tokens added)."""
+        raise NotImplementedError
+
+    def twin_spec(self) -> str:
+        return self.spec if self.is_twin else f"random:{self.spec}"
+
+    def describe(self) -> Mapping:
+        """What the report's run.models entry shows."""
+        return {"spec": self.spec, "architecture": self.layout.architecture,
+                "num_layers": self.layout.num_layers, "fingerprint": self.fingerprint}

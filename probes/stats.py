@@ -1,0 +1,102 @@
+"""Small statistics shared by the probes: p-values, intervals, multiplicity.
+
+Everything returns plain floats or numpy arrays. The Evidence builders orient the effect so the
+claimed direction is positive (see ``probes.evidence``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from .evidence import Direction, Evidence, Profile
+
+Z95 = float(sps.norm.ppf(0.975))
+
+
+def oriented(observed: float, null_mean: float, direction: Direction) -> float:
+    """Effect with the claimed direction positive (``less``: null − observed)."""
+    return null_mean - observed if direction == "less" else observed - null_mean
+
+
+def normal_p(z: float, direction: Direction) -> float:
+    """p-value of a standard-normal score ``z`` = (observed − null mean)/sd."""
+    if direction == "greater":
+        return float(sps.norm.sf(z))
+    if direction == "less":
+        return float(sps.norm.cdf(z))
+    return float(2 * sps.norm.sf(abs(z)))
+
+
+def monte_carlo_p(observed: float, null_samples: np.ndarray, direction: Direction) -> float:
+    """Permutation p-value with the +1 correction (never 0): (1 + #{null as extreme}) / (B + 1)."""
+    null_samples = np.asarray(null_samples, dtype=float)
+    b = null_samples.size
+    if direction == "greater":
+        k = np.sum(null_samples >= observed)
+    elif direction == "less":
+        k = np.sum(null_samples <= observed)
+    else:
+        centre = null_samples.mean()
+        k = np.sum(np.abs(null_samples - centre) >= abs(observed - centre))
+    return float((1 + k) / (b + 1))
+
+
+def t_interval(values: Sequence[float], conf: float = 0.95) -> tuple[float, float, float]:
+    """Mean and two-sided t interval of ``values`` (needs ≥ 2 values)."""
+    x = np.asarray(values, dtype=float)
+    n = x.size
+    mean = float(x.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    q = float(sps.t.ppf(0.5 + conf / 2, n - 1))
+    return mean, mean - q * se, mean + q * se
+
+
+def tost_p(effect: float, se: float, margin: float, df: float | None = None) -> float:
+    """Two one-sided tests p-value for |true effect| < margin (normal, or t with ``df``)."""
+    if se <= 0:
+        return 0.0 if abs(effect) < margin else 1.0
+    dist = sps.norm if df is None else sps.t(df)
+    p_low = dist.sf((effect + margin) / se)   # H0: effect ≤ −margin
+    p_high = dist.cdf((effect - margin) / se)  # H0: effect ≥ +margin
+    return float(max(p_low, p_high))
+
+
+def holm(pvalues: Sequence[float]) -> np.ndarray:
+    """Holm–Bonferroni adjusted p-values (step-down, monotone, capped at 1). NaN stays NaN."""
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full_like(p, np.nan)
+    ok = np.isfinite(p)
+    q = p[ok]
+    m = q.size
+    if m == 0:
+        return out
+    order = np.argsort(q)
+    adj = np.maximum.accumulate((m - np.arange(m)) * q[order])
+    res = np.empty(m)
+    res[order] = np.minimum(adj, 1.0)
+    out[ok] = res
+    return out
+
+
+def evidence_vs_null_samples(observed: float, null_samples: np.ndarray, direction: Direction,
+                             null_kind: str, profile: Profile | None = None,
+                             **extra) -> Evidence:
+    """Evidence for a statistic against a Monte Carlo (or exact enumeration) null.
+
+    effect = observed − null mean (oriented); interval = effect ± 1.96·null sd, i.e. the
+    statistic's spread under the null used as its standard error; p = permutation p-value.
+    """
+    null_samples = np.asarray(null_samples, dtype=float)
+    mu, sd = float(null_samples.mean()), float(null_samples.std(ddof=1)) if null_samples.size > 1 else 0.0
+    eff = oriented(observed, mu, direction)
+    test_dir = "greater" if direction == "greater" else ("less" if direction == "less" else "two-sided")
+    p = monte_carlo_p(observed, null_samples, test_dir)
+    return Evidence(observed=float(observed), null_kind=null_kind, null_mean=mu, null_sd=sd,
+                    effect=eff, ci=(eff - Z95 * sd, eff + Z95 * sd), p=p, profile=profile,
+                    extra={"null_draws": int(null_samples.size), **extra})
