@@ -1,0 +1,275 @@
+"""Strata's report plugin: the ``verdict`` fixture and the verdict report (SPEC §6–7).
+
+Shaped like pytest-html: options in ``pytest_addoption``; each test attaches its record to
+``item.user_properties`` (which pytest copies into every report, so records cross the
+pytest-xdist wire); the controller collects them in ``pytest_runtest_logreport`` and writes the
+files once, in ``pytest_sessionfinish`` (workers never write).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures.plugin import get_session
+from probes.errors import NotApplicable
+from probes.evidence import Claim, Evidence, decide
+from probes.stats import holm
+
+SCHEMA = "strata.verdicts/1"
+RECORD_KEY = "strata_record"
+MODEL_KEY = "strata_model"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("strata")
+    g.addoption("--report-dir", default=None, metavar="DIR",
+                help="where verdicts.json/.md/.html go (default reports/out under the rootdir)")
+
+
+def pytest_configure(config):
+    config._strata_report = VerdictReport(config)
+    config.pluginmanager.register(config._strata_report, "strata-verdict-report")
+
+
+def pytest_unconfigure(config):
+    report = getattr(config, "_strata_report", None)
+    if report is not None:
+        config.pluginmanager.unregister(report)
+
+
+# -- the verdict fixture -----------------------------------------------------------------
+class Verdict:
+    """``verdict(CLAIM, evidence)``: decide, attach the record, set the pytest outcome."""
+
+    def __init__(self, request: pytest.FixtureRequest):
+        self.request = request
+        self.called = False
+
+    def __call__(self, claim: Claim, evidence: Evidence | None, *, reason: str = ""):
+        self.called = True
+        item = self.request.node
+        session = get_session(item.config)
+        decision = decide(claim, evidence, session.alpha)
+        rec = _record(item, claim, evidence, decision.verdict, reason or decision.reason)
+        _attach(item, rec)
+        if rec["role"] == "twin":
+            return rec  # a control: recorded beside its model's verdict, never fails by itself
+        if decision.verdict == "REFUTED":
+            pytest.fail(f"REFUTED {claim.id}: {_numbers(rec)} — {rec['reason']}", pytrace=False)
+        if decision.verdict in ("INCONCLUSIVE", "N/A"):
+            pytest.skip(f"{decision.verdict} {claim.id}: {_numbers(rec)} — {rec['reason']}")
+        return rec
+
+
+@pytest.fixture
+def verdict(request) -> Verdict:
+    """Decide a claim from its evidence and record the verdict for the report."""
+    return Verdict(request)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    try:
+        return (yield)
+    except NotApplicable as e:
+        _record_na(pyfuncitem, str(e))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    try:
+        return (yield)
+    except NotApplicable as e:
+        _record_na(item, str(e))
+
+
+def _record_na(item, reason: str):
+    claim = getattr(getattr(item, "module", None), "CLAIM", None)
+    if claim is None:
+        raise NotApplicable(reason)
+    rec = _record(item, claim, None, "N/A", reason)
+    _attach(item, rec)
+    if rec["role"] == "twin":
+        return
+    pytest.skip(f"N/A {claim.id}: {reason}")
+
+
+def _attach(item, rec):
+    item.user_properties.append((RECORD_KEY, rec))
+    model = item.funcargs.get("model") if hasattr(item, "funcargs") else None
+    if model is not None:
+        info = dict(model.describe())
+        info["phases"] = get_session(item.config).phases(model)
+        item.user_properties.append((MODEL_KEY, info))
+
+
+def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) -> dict:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    model = item.funcargs.get("model")
+    is_twin = bool(model is not None and model.is_twin and model.spec not in get_session(item.config).specs)
+    rec = {
+        "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,
+        "direction": claim.direction, "model": model.spec if model is not None else None,
+        "phase": params.get("phase"), "family": params.get("family"),
+        "observed": None, "null": {"kind": claim.null, "mean": None, "sd": None},
+        "effect": None, "min_effect": claim.min_effect, "ci": [None, None], "p": None,
+        "p_holm": None, "holm_survives": None, "verdict": verdict, "reason": reason,
+        "twin": None, "twin_artifact": None, "profile": None, "matrix": None, "extra": {},
+        "role": "twin" if is_twin else "model",
+        "twin_of": model.spec[len("random:"):] if is_twin else None,
+        "nodeid": item.nodeid,
+    }
+    if ev is not None:
+        rec.update({
+            "observed": _num(ev.observed),
+            "null": {"kind": ev.null_kind or claim.null, "mean": _num(ev.null_mean), "sd": _num(ev.null_sd)},
+            "effect": _num(ev.effect), "ci": [_num(ev.ci[0]), _num(ev.ci[1])], "p": _num(ev.p),
+            "profile": ev.profile.to_json() if ev.profile is not None else None,
+            "matrix": ev.matrix.to_json() if ev.matrix is not None else None,
+            "extra": _jsonable(ev.extra),
+        })
+    return rec
+
+
+def _num(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def _jsonable(o):
+    return json.loads(json.dumps(o, default=lambda v: v.item() if isinstance(v, np.generic)
+                                 else v.tolist() if isinstance(v, np.ndarray) else str(v),
+                                 allow_nan=True).replace("NaN", "null").replace("Infinity", "null"))
+
+
+def _numbers(rec) -> str:
+    def f(x):
+        return "NA" if x is None else f"{x:.4g}"
+    lo, hi = rec["ci"]
+    return (f"observed={f(rec['observed'])} null={f(rec['null']['mean'])}±{f(rec['null']['sd'])} "
+            f"({rec['null']['kind']}) effect={f(rec['effect'])} CI=[{f(lo)}, {f(hi)}] "
+            f"p={f(rec['p'])} min_effect={rec['min_effect']:g}")
+
+
+# -- collection on the controller ----------------------------------------------------------
+class VerdictReport:
+    """Collects records from test reports (on the controller under xdist) and writes the files."""
+
+    def __init__(self, config):
+        self.config = config
+        self.records: list[dict] = []
+        self.models: dict[str, dict] = {}
+        self.started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.written: list[Path] = []
+
+    def pytest_runtest_logreport(self, report):
+        # user_properties ride on every report; the teardown report carries the final list once
+        if report.when != "teardown":
+            return
+        for key, value in report.user_properties:
+            if key == RECORD_KEY:
+                self.records.append(value)
+            elif key == MODEL_KEY:
+                self.models.setdefault(value["spec"], value)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if hasattr(self.config, "workerinput") or not self.records:
+            return  # xdist workers never write; a run without claims writes nothing
+        doc = build_document(self.config, self.records, self.models, self.started)
+        out = Path(self.config.getoption("report_dir")
+                   or Path(self.config.rootpath) / "reports" / "out")
+        self.written = write_report(doc, out)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
+        if not self.written:
+            return
+        from reports import terminal
+        doc = json.loads(self.written[0].read_text())
+        terminalreporter.section("strata verdicts")
+        terminalreporter.write_line(terminal.render_matrix(doc, width=100))
+        terminalreporter.write_line(f"report: {self.written[0].parent}/ "
+                                    + " ".join(p.name for p in self.written))
+
+
+def build_document(config, records: list[dict], model_info: dict, started: str) -> dict:
+    strata = getattr(config, "_strata", None)
+    alpha = strata.alpha if strata else config.getoption("alpha")
+    models = [r for r in records if r["role"] == "model"]
+    twins = [r for r in records if r["role"] == "twin"]
+    by_key = {(r["claim"], r["model"], r["phase"], r["family"]): r for r in models}
+    for t in twins:
+        parent = by_key.get((t["claim"], t["twin_of"], t["phase"], t["family"]))
+        if parent is not None:
+            parent["twin"] = {"observed": t["observed"], "effect": t["effect"], "p": t["p"],
+                              "verdict": t["verdict"], "reason": t["reason"]}
+            parent["twin_artifact"] = t["verdict"] == "SUPPORTED"
+    adj = holm([r["p"] if r["p"] is not None else np.nan for r in models])
+    for r, ph in zip(models, adj):
+        r["p_holm"] = _num(ph)
+        if r["verdict"] == "SUPPORTED":
+            r["holm_survives"] = bool(r["p_holm"] is not None and r["p_holm"] <= alpha)
+    models.sort(key=lambda r: (r["claim"], r["model"], str(r["phase"]), str(r["family"])))
+    calibration = next((r["extra"].get("calibration") for r in models
+                        if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
+    return {
+        "schema": SCHEMA,
+        "run": {
+            "harness_commit": _git_commit(config.rootpath),
+            "started": started,
+            "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": _versions(),
+            "alpha": alpha,
+            "seed": strata.seed if strata else config.getoption("seed"),
+            "models": [model_info[s] for s in sorted(model_info)],
+            "calibration": calibration,
+        },
+        "records": models,
+        "twin_records": twins,
+    }
+
+
+def write_report(doc: dict, out: Path) -> list[Path]:
+    """Write verdicts.json/.md/.html into ``out`` atomically (temp file, then os.replace)."""
+    from reports import html, markdown
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"verdicts.json": json.dumps(doc, indent=1, allow_nan=False),
+             "verdicts.md": markdown.render_markdown(doc),
+             "verdicts.html": html.render_html(doc)}
+    written = []
+    for name, text in files.items():
+        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, out / name)
+        written.append(out / name)
+    return written
+
+
+def _git_commit(root) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "numpy", "scipy", "safetensors", "pytest"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
