@@ -39,7 +39,7 @@ from .stats import t_interval
 from .weight_gram import family_gram
 
 PROBE_ID = "weight-gram"
-VERSION = 1
+VERSION = 2
 
 ORTHOGONAL_NULL = {"cos": 0.0, "resid": math.sqrt(2.0), "scalar_fit": 1.0,
                    "improve_frac": 1.0 - 1.0 / math.sqrt(2.0)}

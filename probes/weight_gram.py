@@ -24,7 +24,7 @@ DEFAULT_BUDGET = 256 << 20
 
 def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
                 device: str = "cpu") -> dict[str, np.ndarray] | None:
-    """``{"gram": (L, L), "sums": (L,), "n": ()}`` for ``family``, or None if the model lacks it.
+    """``{"gram": (L, L), "sums": (L,), "n": int}`` for ``family``, or None if the model lacks it.
 
     A family whose shape differs across layers is treated as absent (None)."""
     num_layers = model.layout.num_layers
@@ -45,7 +45,7 @@ def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
         gram += _blocked_gram(x)
         del x
     return {"gram": gram.cpu().numpy(), "sums": sums.cpu().numpy(),
-            "n": np.array(rows * row_len, dtype=np.int64)}
+            "n": int(rows * row_len)}
 
 
 def _blocked_gram(x: torch.Tensor) -> torch.Tensor:
