@@ -2,6 +2,7 @@
 
 fixtures.plugin  -- options, model/phase/family parametrization, cached probe fixtures
 reports.plugin   -- the `verdict` fixture, record collection (xdist-safe) and the report files
+pytester         -- pytest's own fixture for the plugins' end-to-end tests
 """
 
-pytest_plugins = ["fixtures.plugin", "reports.plugin"]
+pytest_plugins = ["fixtures.plugin", "reports.plugin", "pytester"]

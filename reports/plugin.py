@@ -66,8 +66,16 @@ class Verdict:
         if decision.verdict == "REFUTED":
             pytest.fail(f"REFUTED {claim.id}: {_numbers(rec)} — {rec['reason']}", pytrace=False)
         if decision.verdict in ("INCONCLUSIVE", "N/A"):
-            pytest.skip(f"{decision.verdict} {claim.id}: {_numbers(rec)} — {rec['reason']}")
+            _skip(f"{decision.verdict} {claim.id}: {_numbers(rec)} — {rec['reason']}")
         return rec
+
+
+def _skip(reason: str):
+    """Skip, reported at the test's location rather than this plugin's line."""
+    try:
+        raise pytest.skip.Exception(reason, _use_item_location=True)
+    except TypeError:  # pragma: no cover - older pytest
+        pytest.skip(reason)
 
 
 @pytest.fixture
@@ -100,7 +108,7 @@ def _record_na(item, reason: str):
     _attach(item, rec)
     if rec["role"] == "twin":
         return
-    pytest.skip(f"N/A {claim.id}: {reason}")
+    _skip(f"N/A {claim.id}: {reason}")
 
 
 def _attach(item, rec):
@@ -108,6 +116,7 @@ def _attach(item, rec):
     model = item.funcargs.get("model") if hasattr(item, "funcargs") else None
     if model is not None:
         info = dict(model.describe())
+        info["role"] = rec["role"]
         info["phases"] = get_session(item.config).phases(model)
         item.user_properties.append((MODEL_KEY, info))
 

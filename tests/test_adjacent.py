@@ -1,0 +1,150 @@
+"""Known answers for the weight-Gram pass, adjacent similarity and the scale schedule."""
+
+import math
+import weakref
+
+import numpy as np
+import pytest
+import torch
+
+from probes import adjacent, scale
+from probes.errors import NotApplicable
+from probes.models import open_model
+from probes.phases import default_phases
+from probes.weight_gram import family_gram
+
+
+def dense_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().ravel(), b.double().ravel()
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+@pytest.mark.parametrize("budget", [1 << 10, 1 << 14, 1 << 30])
+def test_gram_equals_dense_float64_for_any_chunking(budget):
+    model = open_model("synthetic:tiny-qwen3")
+    for fam in ("q_proj", "down_proj", "q_norm"):
+        g = family_gram(model, fam, budget_bytes=budget)
+        w = [model.weight(L, fam).double().ravel() for L in range(model.layout.num_layers)]
+        dense = torch.stack(w) @ torch.stack(w).T
+        # float32 products summed in float64: error ≪ 1e-6 of ‖a‖‖b‖ (the tests need 1e-4 in cos)
+        scale_ = float(dense.diagonal().max())
+        assert np.abs(g["gram"] - dense.numpy()).max() < 1e-6 * scale_
+        assert np.allclose(g["sums"], [x.sum().item() for x in w], rtol=1e-6, atol=1e-9)
+        assert g["n"] == w[0].numel()
+
+
+def test_absent_family_is_none_and_not_applicable():
+    model = open_model("synthetic:tiny-llama")
+    assert family_gram(model, "q_norm") is None
+    result = adjacent.compute(model)
+    assert "q_norm" not in result["families"]
+    with pytest.raises(NotApplicable, match="no q_norm"):
+        adjacent.far_from_null(result, {"all": list(range(8))}, "all", "q_norm")
+
+
+def test_adjacent_fields_and_orthogonal_null_identities():
+    result = adjacent.compute(open_model("synthetic:tiny-llama"))
+    adj = adjacent.adjacent(result, "gate_proj")
+    cos = adj["cos"]
+    assert np.allclose(adj["resid"], np.sqrt(2 - 2 * cos))
+    assert np.allclose(adj["scalar_fit"], np.sqrt(1 - cos ** 2))
+    assert np.allclose(adj["improve_frac"], 1 - adj["scalar_fit"] / adj["resid"])
+    # independent random layers: cos ≈ 0, so improve_frac sits at its orthogonal null
+    assert np.all(np.abs(cos) < 0.05)
+    assert np.allclose(adj["improve_frac"], 1 - 1 / math.sqrt(2), atol=0.04)
+
+
+def test_null_moments_in_cos_units_match_direct_closed_form():
+    model = open_model("synthetic:tiny-llama")
+    result = adjacent.compute(model)
+    adj = adjacent.adjacent(result, "input_ln")
+    a, b = model.weight(3, "input_ln").double(), model.weight(4, "input_ln").double()
+    a = a + torch.linspace(0, 1, a.numel(), dtype=torch.float64)  # ensure non-constant
+    mean, var = adjacent.permutation_null_moments(a.numpy(), b.numpy())
+    assert np.isfinite(mean) and var >= 0
+    # the probe's pair moments for an untouched pair equal the helper's
+    a0, b0 = model.weight(3, "input_ln").double(), model.weight(4, "input_ln").double()
+    m0, v0 = adjacent.permutation_null_moments(a0.numpy(), b0.numpy())
+    denom = float(a0.norm() * b0.norm())
+    assert adj["null_mean"][3] == pytest.approx(m0 / denom, rel=1e-6, abs=1e-12)
+    if v0 > 0:
+        assert adj["null_sd"][3] == pytest.approx(math.sqrt(v0) / denom, rel=1e-5)
+
+
+def test_planted_adjacent_detected_and_twin_not():
+    model = open_model("synthetic:planted-adjacent")
+    phases = default_phases(model.layout.num_layers)
+    result = adjacent.compute(model)
+    twin = adjacent.compute(open_model("random:synthetic:planted-adjacent"))
+    for fam in ("q_proj", "o_proj", "down_proj"):
+        ev = adjacent.far_from_null(result, phases, "C", fam)
+        assert ev.observed == pytest.approx(1 / math.sqrt(1.25), abs=0.02)
+        assert ev.p < 1e-6 and ev.ci[0] > 0.8
+        ev_d = adjacent.far_from_null(result, phases, "D", fam)
+        assert abs(ev_d.effect) < 0.05 and ev_d.ci[1] < 0.05  # unrelated layers sit at the null
+        ev_twin = adjacent.far_from_null(twin, phases, "C", fam)
+        assert abs(ev_twin.observed) < 0.05
+
+
+def test_scale_schedule_planted_vs_twin():
+    ev = scale.low_dim(adjacent.compute(open_model("synthetic:planted-adjacent")))
+    assert ev.observed > 0.95 and ev.p < 0.01 and ev.effect > 0.5
+    twin = scale.low_dim(adjacent.compute(open_model("random:synthetic:planted-adjacent")))
+    assert twin.p > 0.01 or twin.effect < 0.1
+
+
+def test_scale_null_is_shuffle_of_each_track():
+    rng = np.random.default_rng(0)
+    tracks = rng.normal(size=(6, 20))
+    null = scale.mode1_share_null(tracks, draws=500, seed=1)
+    # pure noise: the observed share is typical of its shuffle null
+    obs = scale.explained_variance(tracks)[0]
+    assert null.min() > 1 / 6 and abs(obs - null.mean()) < 3 * null.std()
+    # a shared depth profile is far above it
+    shared = np.outer(rng.uniform(0.5, 2, 6), np.sin(np.linspace(0, 3, 20))) + 0.01 * tracks
+    assert scale.explained_variance(shared)[0] > scale.mode1_share_null(shared, 500, 1).max()
+
+
+class CountingModel:
+    """Wraps a Model and tracks how many bytes of tensors it handed out are still alive."""
+
+    def __init__(self, model):
+        self.inner = model
+        self.layout = model.layout
+        self.alive = 0
+        self.peak = 0
+
+    def _track(self, t):
+        if t is None:
+            return t
+        size = t.numel() * t.element_size()
+        self.alive += size
+        self.peak = max(self.peak, self.alive)
+        weakref.finalize(t, self._free, size)
+        return t
+
+    def _free(self, size):
+        self.alive -= size
+
+    def shape(self, layer, family):
+        return self.inner.shape(layer, family)
+
+    def weight_rows(self, layer, family, start, stop):
+        return self._track(self.inner.weight_rows(layer, family, start, stop).clone())
+
+
+def test_weight_pass_holds_a_bounded_slice_not_the_model(tmp_path):
+    # a 48-layer checkpoint on disk; the pass must stay under its budget whatever the depth
+    from probes.models.checkpoint import write_checkpoint
+    from probes.synthetic import SyntheticSpec
+    from probes.synthetic.base import random_state_dict, tiny_config
+    cfg = tiny_config("llama", num_layers=48, hidden=128, intermediate=512)
+    write_checkpoint(SyntheticSpec(cfg, random_state_dict(cfg)), tmp_path / "ckpt", shards=3)
+    model = CountingModel(open_model(str(tmp_path / "ckpt")))
+    one_layer_gate = 512 * 128 * 4
+    budget = 4 * one_layer_gate
+    g = family_gram(model, "gate_proj", budget_bytes=budget)
+    assert g["gram"].shape == (48, 48)
+    whole_family = 48 * one_layer_gate
+    assert model.peak <= budget + one_layer_gate  # ≤ ~5 layers' worth, not 48
+    assert model.peak < whole_family / 8
