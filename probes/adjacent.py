@@ -39,7 +39,7 @@ from .stats import t_interval
 from .weight_gram import family_gram
 
 PROBE_ID = "weight-gram"
-VERSION = 2
+VERSION = 2  # the cached Gram pass; evidence functions are not cached
 
 ORTHOGONAL_NULL = {"cos": 0.0, "resid": math.sqrt(2.0), "scalar_fit": 1.0,
                    "improve_frac": 1.0 - 1.0 / math.sqrt(2.0)}
@@ -113,8 +113,11 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
 
     observed = mean cos over the phase's adjacent pairs; null mean = mean of the pairs' exact
     null means, null sd = the null sd of that mean (pairs independent); effect = observed − null
-    mean; interval = t interval over pairs of (cos − null mean); p = two-sided Stouffer
-    combination of the pairs' z-scores under the (normal) permutation null.
+    mean. Interval and p treat the phase's pairs as a sample of its adjacent-layer relations:
+    t interval and two-sided one-sample t test of (cos − null mean) over the pairs, so p and the
+    interval agree. Each pair's exact permutation z-score and their Stouffer combination (which
+    tests "every pair is at its entry-shuffle null", and is astronomically small for any real
+    weight pair because n is large) are in ``extra``.
     """
     pairs = adjacent_pairs(phases, phase)
     if len(pairs) < min_pairs:
@@ -128,8 +131,8 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
     effect, lo, hi = t_interval(diff)
     z = diff / sd
     stouffer = float(z.sum() / math.sqrt(len(z)))
-    from scipy.stats import norm
-    p = float(2 * norm.sf(abs(stouffer)))
+    from scipy.stats import norm, ttest_1samp
+    p = float(ttest_1samp(diff, 0.0).pvalue) if np.ptp(diff) > 0 else float("nan")
     all_adj = adj
     orth = {k: float(np.mean(all_adj[k][idx])) for k in ("resid", "scalar_fit", "improve_frac")}
     return Evidence(
@@ -140,7 +143,8 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
                         null=all_adj["null_mean"].tolist(), label=f"adjacent cos, {family}"),
         matrix=Matrix(layers=list(range(len(all_adj["cos"]) + 1)),
                       values=cosine_matrix(result, family).tolist(), label=f"cos, {family}"),
-        extra={"pairs": pairs, "stouffer_z": stouffer,
+        extra={"pairs": pairs, "pair_z": z.tolist(), "stouffer_z": stouffer,
+               "stouffer_p": float(2 * norm.sf(abs(stouffer))),
                "orthogonal_null": ORTHOGONAL_NULL,
                "resid_mean": orth["resid"], "scalar_fit_mean": orth["scalar_fit"],
                "improve_frac_mean": orth["improve_frac"],

@@ -243,7 +243,7 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
             "versions": _versions(),
             "alpha": alpha,
             "seed": strata.seed if strata else config.getoption("seed"),
-            "models": [model_info[s] for s in sorted(model_info)],
+            "models": sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"])),
             "calibration": calibration,
         },
         "records": models,
