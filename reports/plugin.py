@@ -203,13 +203,10 @@ class VerdictReport:
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.written:
             return
+        from reports import terminal
         doc = json.loads(self.written[0].read_text())
         terminalreporter.section("strata verdicts")
-        try:  # TEMP until the renderers land
-            from reports import terminal
-            terminalreporter.write_line(terminal.render_matrix(doc, width=100))
-        except ImportError:
-            pass
+        terminalreporter.write_line(terminal.render_matrix(doc, width=100))
         terminalreporter.write_line(f"report: {self.written[0].parent}/ "
                                     + " ".join(p.name for p in self.written))
 
@@ -226,6 +223,9 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
             parent["twin"] = {"observed": t["observed"], "effect": t["effect"], "p": t["p"],
                               "verdict": t["verdict"], "reason": t["reason"]}
             parent["twin_artifact"] = t["verdict"] == "SUPPORTED"
+    _dedup_matrices(models)
+    for t in twins:
+        t["matrix"] = None  # the twin's heatmap is not drawn; its record stays for the numbers
     adj = holm([r["p"] if r["p"] is not None else np.nan for r in models])
     for r, ph in zip(models, adj):
         r["p_holm"] = _num(ph)
@@ -251,21 +251,34 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
     }
 
 
+def _dedup_matrices(records: list[dict]) -> None:
+    """A probe's L×L matrix is the same for every phase of a (claim, model, family): keep it on
+    the first such record only and point the others at it (``matrix_ref`` = that nodeid)."""
+    first: dict[tuple, str] = {}
+    for r in sorted(records, key=lambda r: r["nodeid"]):
+        if r.get("matrix") is None:
+            continue
+        key = (r["claim"], r["model"], r["family"], r["matrix"].get("label"))
+        if key in first:
+            r["matrix"] = None
+            r["matrix_ref"] = first[key]
+        else:
+            first[key] = r["nodeid"]
+
+
 def write_report(doc: dict, out: Path) -> list[Path]:
     """Write verdicts.json/.md/.html into ``out`` atomically (temp file, then os.replace)."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"verdicts.json": json.dumps(doc, indent=1, allow_nan=False)}
-    try:  # TEMP until the renderers land
-        from reports import html, markdown
-        files["verdicts.md"] = markdown.render_markdown(doc)
-        files["verdicts.html"] = html.render_html(doc)
-    except ImportError:
-        pass
+    from reports import html, markdown
+    files = {"verdicts.json": json.dumps(doc, indent=1, allow_nan=False),
+             "verdicts.md": markdown.render_markdown(doc),
+             "verdicts.html": html.render_html(doc)}
     written = []
     for name, text in files.items():
         fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is for reading
         os.replace(tmp, out / name)
         written.append(out / name)
     return written

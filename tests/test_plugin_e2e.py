@@ -158,3 +158,19 @@ def test_verdict_outcomes_and_twin_never_fails(pytester, tmp_path):
                         "test_inconclusive": "INCONCLUSIVE", "test_not_applicable": "N/A"}
     assert all(r["twin"] is not None for r in doc["records"])
     assert len(doc["twin_records"]) == 4
+
+
+def test_weight_claims_run_on_every_supported_architecture(tmp_path):
+    archs = ["llama", "mistral", "qwen2", "qwen3", "gemma3"]
+    args = [*WEIGHT_CLAIMS, *[f"--model=synthetic:tiny-{a}" for a in archs], "--no-twin"]
+    res = run_pytest(args, tmp_path / "c", tmp_path / "r")
+    doc = records(tmp_path / "r")
+    families = {}
+    for rec in doc["records"]:
+        if rec["claim"] == "adjacent-far-from-null":
+            families.setdefault(rec["model"], set()).add(rec["family"])
+    assert set(families) == {f"synthetic:tiny-{a}" for a in archs}, res.stdout[-2000:]
+    assert {"q_norm", "k_norm"} <= families["synthetic:tiny-qwen3"]
+    assert {"pre_ff_ln", "post_ff_ln", "q_norm"} <= families["synthetic:tiny-gemma3"]
+    assert "q_norm" not in families["synthetic:tiny-llama"]
+    assert all(r["twin"] is None for r in doc["records"])
