@@ -36,7 +36,7 @@ def comparable(doc):
 def test_xdist_run_writes_the_same_records(tmp_path):
     args = [*WEIGHT_CLAIMS, "--model=synthetic:planted-adjacent", "--model=synthetic:tiny-qwen3"]
     serial = run_pytest(args, tmp_path / "cache", tmp_path / "serial")
-    parallel = run_pytest([*args, "-n", "2", "--dist", "loadgroup"], tmp_path / "cache2",
+    parallel = run_pytest([*args, "-n", "2"], tmp_path / "cache2",
                           tmp_path / "parallel")
     assert "verdicts" in serial.stdout and "verdicts" in parallel.stdout, serial.stdout[-2000:]
     a, b = records(tmp_path / "serial"), records(tmp_path / "parallel")
