@@ -1,0 +1,24 @@
+"""Phase C layers update the residual stream within a shared subspace."""
+
+import pytest
+
+from probes import residual
+from probes.evidence import Claim
+
+CLAIM = Claim(
+    id="phase-C-shared-subspace",
+    statement="Phase C layers' top residual-update directions share a subspace: each layer's "
+              "top-1 direction is captured by the other C layers' rank-8 basis, and C's top-1 "
+              "directions are more aligned with each other than with other phases'.",
+    statistic="mean leave-one-out capture ‖P u_L‖² of C's top-1 update directions by the rank-8 "
+              "basis of the other C layers' top-8 directions (random direction: 8/d)",
+    null="layer-label permutation (random layer sets of C's size; exact when few); p = max of "
+         "the capture's and the intra − cross |cos| permutation p-values (both must exceed)",
+    direction="greater",
+    min_effect=0.1,  # capture units (0 … 1)
+)
+
+
+@pytest.mark.activations
+def test_phase_c_shared_subspace(residual_stream, phases, strata, verdict):
+    verdict(CLAIM, residual.shared_subspace(residual_stream, phases, "C", seed=strata.seed))

@@ -1,0 +1,271 @@
+"""Forward pass with hooks on the decoder layers; per-layer residual statistics streamed.
+
+What is read
+------------
+Layer L's input h_L and output h_{L+1} are captured by a forward pre-hook and a forward hook
+on the decoder layer module itself, so δ_L = h_{L+1} − h_L is the layer's own update. The model's
+``output_hidden_states[-1]`` is *not* used: transformers applies the final norm to that last
+entry, which turns the last layer's "update" into mostly the final RMSNorm (relative step ≈ 0.99
+on SmolLM2; see the research notes). Tests check that the hook δ equals the difference of
+consecutive ``output_hidden_states`` for every layer but the last, and differs for the last.
+
+Streaming and memory
+--------------------
+Each document (or window of at most ``window`` tokens) is run alone (batch 1, no padding), in
+eval mode under ``torch.no_grad``. The pre-hook keeps a reference to the layer's input until the
+layer's forward hook folds (input, output) into that layer's accumulators and drops it, so at
+any moment at most one layer's hidden states (T × d) are held beyond what the model itself keeps.
+Per layer the accumulators are scalars and the d × d float64 Gram Σ_t δ_t δ_tᵀ. When L·d²·8 bytes
+exceed ``gram_budget_bytes`` (default 1 GiB; Qwen3-4B needs 36 × 2560² × 8 = 1.9 GB) the layers
+are split into groups and the corpus is run once per group; later passes stop the forward after
+the group's last layer. The first document token is dropped from every statistic.
+
+Result (all arrays indexed by layer, cached by :mod:`probes.cache`)
+-------------------------------------------------------------------
+eigvals (n, d) squared singular values of δ, descending; top_dirs (n, k, d) top-k right singular
+directions; effective_rank, top1/3/10_energy, rel_step, parallel_frac, cos_delta_h,
+angular_step, delta_norm_mean, h_norm_mean, delta_sq_mean, h_sq_mean, dot_mean (n,);
+tok_delta_sq, tok_dot, tok_h_sq (T, n) per scored token: ‖δ‖², ⟨h, δ⟩, ‖h‖² (3 scalars per
+token and layer, for the exchangeable-layers null of the late-layers claim);
+isotropic: the same spectrum statistics for isotropic Gaussian updates of the same size
+(T × d, one seeded draw) as their null; calibration: {source, sha256, tokens, …}; memory: bytes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .calibration import TokenizedCorpus
+from .errors import StrataError
+from .residual import effective_rank, spectrum_from_gram, top_energy
+
+PROBE_ID = "residual-stream"
+VERSION = 1
+TOP_K = 8
+GRAM_BUDGET_BYTES = 1 << 30
+MAX_WINDOW = 1024
+
+
+def decoder_layers(hf_model, num_layers: int) -> list[torch.nn.Module]:
+    """The decoder layer modules of a transformers causal LM, in order.
+
+    ``model.layers`` for llama/mistral/qwen2/qwen3/gemma3 (text) ``*ForCausalLM``; falls back to
+    the first ``ModuleList`` named ``…layers`` with ``num_layers`` entries (multimodal wrappers
+    such as ``model.language_model.layers``)."""
+    inner = getattr(hf_model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers) >= num_layers:
+        return list(layers)[:num_layers]
+    for name, mod in hf_model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and name.endswith("layers") and len(mod) == num_layers:
+            return list(mod)
+    raise StrataError(f"cannot find the {num_layers} decoder layers in "
+                      f"{type(hf_model).__name__}; supported: llama, mistral, qwen2, qwen3, gemma3")
+
+
+class _StopForward(Exception):
+    """Raised by the last hooked layer of a group to end a pass early."""
+
+
+class LayerAccumulator:
+    """Streaming sums for one layer over all scored tokens (first token of each window dropped)."""
+
+    def __init__(self, hidden: int, device, with_gram: bool, with_scalars: bool):
+        self.gram = torch.zeros(hidden, hidden, dtype=torch.float64, device=device) if with_gram else None
+        self.with_scalars = with_scalars
+        self.sums = {k: 0.0 for k in ("rel_step", "parallel_frac", "cos_delta_h", "angular_step",
+                                      "delta_norm", "h_norm", "delta_sq", "h_sq", "dot")}
+        self.tokens = 0
+        self.tok_delta_sq: list[torch.Tensor] = []  # per window: ‖δ_t‖² (float64, CPU)
+        self.tok_dot: list[torch.Tensor] = []       # per window: ⟨h_t, δ_t⟩
+        self.tok_h_sq: list[torch.Tensor] = []      # per window: ‖h_t‖²
+
+    def add(self, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
+        """Fold one window: ``h_in``, ``h_out`` (T, d) of this layer, first token dropped already."""
+        if self.gram is not None:
+            # float32 Gram of one window (≤ MAX_WINDOW tokens), summed in float64
+            d32 = h_out.to(torch.float32) - h_in.to(torch.float32)
+            self.gram += (d32.T @ d32).to(torch.float64)
+        if not self.with_scalars:
+            return
+        h = h_in.to(torch.float64)
+        delta = h_out.to(torch.float64) - h
+        out = h_out.to(torch.float64)
+        dn, hn, on = delta.norm(dim=1), h.norm(dim=1), out.norm(dim=1)
+        dot = (delta * h).sum(dim=1)
+        tiny = torch.finfo(torch.float64).tiny
+        cos_dh = dot / (dn * hn).clamp_min(tiny)
+        cos_ho = ((h * out).sum(dim=1) / (hn * on).clamp_min(tiny)).clamp(-1.0, 1.0)
+        s = self.sums
+        s["rel_step"] += float((dn / hn.clamp_min(tiny)).sum())
+        s["parallel_frac"] += float(cos_dh.abs().sum())
+        s["cos_delta_h"] += float(cos_dh.sum())
+        s["angular_step"] += float((torch.arccos(cos_ho) / math.pi).sum())
+        s["delta_norm"] += float(dn.sum())
+        s["h_norm"] += float(hn.sum())
+        s["delta_sq"] += float((dn * dn).sum())
+        s["h_sq"] += float((hn * hn).sum())
+        s["dot"] += float(dot.sum())
+        self.tok_delta_sq.append((dn * dn).cpu())
+        self.tok_dot.append(dot.cpu())
+        self.tok_h_sq.append((hn * hn).cpu())
+        self.tokens += int(h.shape[0])
+
+
+class ResidualHooks:
+    """Hooks on the decoder layers that stream (input, output) pairs into accumulators.
+
+    ``max_held`` records the largest number of layer inputs held at once (1 by construction:
+    the memory claim of this module, checked by the tests)."""
+
+    def __init__(self, layers, accumulators: dict[int, LayerAccumulator], stop_after: int | None):
+        self.layers, self.acc, self.stop_after = layers, accumulators, stop_after
+        self.held: dict[int, torch.Tensor] = {}
+        self.max_held = 0
+        self.max_window_bytes = 0
+        self.handles = []
+
+    def __enter__(self):
+        for i, layer in enumerate(self.layers):
+            if i in self.acc:
+                self.handles.append(layer.register_forward_pre_hook(self._pre(i), with_kwargs=True))
+                self.handles.append(layer.register_forward_hook(self._post(i)))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.held.clear()
+
+    def _pre(self, i):
+        def hook(module, args, kwargs):
+            x = args[0] if args else kwargs["hidden_states"]
+            self.held[i] = x
+            self.max_held = max(self.max_held, len(self.held))
+        return hook
+
+    def _post(self, i):
+        def hook(module, args, output):
+            out = output[0] if isinstance(output, (tuple, list)) else output
+            h_in = self.held.pop(i)
+            if h_in.shape != out.shape or h_in.shape[0] != 1:
+                raise StrataError(f"layer {i}: unexpected hidden-state shapes "
+                                  f"{tuple(h_in.shape)} → {tuple(out.shape)} (batch 1 expected)")
+            self.max_window_bytes = max(self.max_window_bytes, out[0].numel() * out.element_size())
+            self.acc[i].add(h_in[0, 1:], out[0, 1:])
+            if self.stop_after is not None and i == self.stop_after:
+                raise _StopForward
+        return hook
+
+
+def windows(corpus: TokenizedCorpus, window: int) -> list[list[int]]:
+    """Each document split into consecutive windows of ≤ ``window`` tokens (windows of < 2
+    tokens dropped); each window is run and scored as its own sequence."""
+    out = []
+    for doc in corpus.documents:
+        for start in range(0, len(doc), window):
+            piece = list(doc[start:start + window])
+            if len(piece) >= 2:
+                out.append(piece)
+    return out
+
+
+def layer_groups(num_layers: int, hidden: int, budget_bytes: int) -> list[list[int]]:
+    """Consecutive layer groups whose float64 Grams fit ``budget_bytes`` together (≥ 1 layer)."""
+    per = max(1, budget_bytes // (hidden * hidden * 8))
+    return [list(range(a, min(a + per, num_layers))) for a in range(0, num_layers, per)]
+
+
+@torch.no_grad()
+def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TOP_K,
+            gram_budget_bytes: int = GRAM_BUDGET_BYTES, seed: int = 0) -> dict:
+    """Run ``corpus`` through ``model`` (a :class:`probes.models.base.Model`) and return the
+    per-layer residual statistics described in the module docstring."""
+    n, d = model.layout.num_layers, model.layout.hidden
+    hf = model.hf_model(device, torch.float32)
+    hf.eval()
+    layers = decoder_layers(hf, n)
+    cfg = getattr(hf, "config", None)
+    max_pos = getattr(getattr(cfg, "get_text_config", lambda: cfg)(), "max_position_embeddings", None)
+    window = min(MAX_WINDOW, int(max_pos)) if max_pos else MAX_WINDOW
+    seqs = windows(corpus, window)
+    dev = next(hf.parameters()).device
+    # the decoder stack without the LM head: logits (T × vocab) are not needed and cost more
+    # than the layers on small models
+    body = hf.model if isinstance(getattr(hf, "model", None), torch.nn.Module) else hf
+    groups = layer_groups(n, d, gram_budget_bytes)
+    accs: dict[int, LayerAccumulator] = {}
+    max_held, max_window_bytes = 0, 0
+    for gi, group in enumerate(groups):
+        group_acc = {i: LayerAccumulator(d, dev, with_gram=i in group, with_scalars=gi == 0)
+                     for i in (range(n) if gi == 0 else group)}
+        stop = None if gi == 0 else group[-1]
+        with ResidualHooks(layers, group_acc, stop) as hooks:
+            for ids in seqs:
+                try:
+                    body(input_ids=torch.tensor([ids], device=dev), use_cache=False)
+                except _StopForward:
+                    pass
+        max_held = max(max_held, hooks.max_held)
+        max_window_bytes = max(max_window_bytes, hooks.max_window_bytes)
+        if gi == 0:
+            accs = group_acc
+        else:
+            for i in group:
+                accs[i].gram = group_acc[i].gram
+        # finalise this group's Grams now, so at most one group's Grams are alive
+        for i in group:
+            g = accs[i].gram.cpu().numpy()
+            accs[i].gram = None
+            accs[i].spectrum = spectrum_from_gram(g, top_k)
+    return _finalise(accs, n, d, top_k, corpus, seed,
+                     memory={"max_layer_inputs_held": max_held,
+                             "max_window_hidden_bytes": max_window_bytes,
+                             "gram_bytes_per_pass": len(groups[0]) * d * d * 8,
+                             "passes": len(groups), "window": window})
+
+
+def _finalise(accs, n, d, top_k, corpus: TokenizedCorpus, seed: int, memory: dict) -> dict:
+    t = accs[0].tokens
+    if t == 0:
+        raise StrataError("calibration corpus gave no scored tokens")
+    eig = np.stack([accs[i].spectrum[0] for i in range(n)])
+    dirs = np.stack([accs[i].spectrum[1] for i in range(n)]).astype(np.float32)
+    mean = lambda key: np.array([accs[i].sums[key] / t for i in range(n)])  # noqa: E731
+    res = {
+        "eigvals": eig, "top_dirs": dirs,
+        "effective_rank": np.array([effective_rank(e) for e in eig]),
+        "top1_energy": np.array([top_energy(e, 1) for e in eig]),
+        "top3_energy": np.array([top_energy(e, 3) for e in eig]),
+        "top10_energy": np.array([top_energy(e, 10) for e in eig]),
+        "rel_step": mean("rel_step"), "parallel_frac": mean("parallel_frac"),
+        "cos_delta_h": mean("cos_delta_h"), "angular_step": mean("angular_step"),
+        "delta_norm_mean": mean("delta_norm"), "h_norm_mean": mean("h_norm"),
+        "delta_sq_mean": mean("delta_sq"), "h_sq_mean": mean("h_sq"), "dot_mean": mean("dot"),
+        "scored_tokens": int(t),
+        # per token (rows) and layer (columns): what the exchangeable-layers null needs
+        "tok_delta_sq": np.stack([torch.cat(accs[i].tok_delta_sq).numpy() for i in range(n)], 1),
+        "tok_dot": np.stack([torch.cat(accs[i].tok_dot).numpy() for i in range(n)], 1),
+        "tok_h_sq": np.stack([torch.cat(accs[i].tok_h_sq).numpy() for i in range(n)], 1),
+        "isotropic": isotropic_reference(t, d, seed),
+        "calibration": corpus.record(),
+        "memory": memory,
+    }
+    return res
+
+
+def isotropic_reference(tokens: int, hidden: int, seed: int = 0) -> dict:
+    """Spectrum statistics of a T × d matrix of i.i.d. Gaussian updates (one seeded draw, T
+    capped at 4096): the per-layer statistics' null for updates with no preferred direction;
+    also E|cos| of a random direction with h (parallel fraction) and 0 for mean cos."""
+    from .residual import random_abs_cos_mean
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((min(tokens, 4096), hidden))
+    s2 = np.linalg.eigvalsh(x @ x.T if x.shape[0] < hidden else x.T @ x)
+    return {"effective_rank": effective_rank(s2), "top1_energy": top_energy(s2, 1),
+            "top3_energy": top_energy(s2, 3), "top10_energy": top_energy(s2, 10),
+            "parallel_frac": random_abs_cos_mean(hidden), "cos_delta_h": 0.0}

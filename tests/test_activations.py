@@ -1,0 +1,152 @@
+"""The activation probe: hooks read the layers' own residual stream; statistics streamed
+correctly; the three residual claims on the planted model and its random twin."""
+
+import numpy as np
+import pytest
+import torch
+
+from probes import activations, calibration, residual
+from probes.evidence import decide
+from probes.models import open_model
+from probes.phases import default_phases
+
+
+def _hook_pairs(model, ids):
+    """(inputs, outputs) of every decoder layer via the probe's hook class, plus HF's
+    output_hidden_states, for one sequence."""
+    hf = model.hf_model()
+    layers = activations.decoder_layers(hf, model.layout.num_layers)
+
+    class Recorder:
+        def __init__(self):
+            self.pairs = []
+
+        def add(self, h_in, h_out):
+            self.pairs.append((h_in.clone(), h_out.clone()))
+
+    recs = {i: Recorder() for i in range(len(layers))}
+    with torch.no_grad(), activations.ResidualHooks(layers, recs, None) as hooks:
+        out = hf(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False)
+    assert hooks.max_held == 1  # never more than one layer's input held
+    return [recs[i].pairs[0] for i in range(len(layers))], out.hidden_states
+
+
+@pytest.mark.parametrize("spec", ["synthetic:tiny-llama", "synthetic:tiny-gemma3",
+                                  "synthetic:tiny-qwen3"])
+def test_hook_delta_matches_hidden_states_except_last(spec):
+    model = open_model(spec)
+    ids = model.encode("The quick brown fox jumps over the lazy dog, twice.")
+    pairs, hs = _hook_pairs(model, ids)
+    n = model.layout.num_layers
+    assert len(hs) == n + 1
+    for L in range(n - 1):
+        h_in, h_out = pairs[L]
+        torch.testing.assert_close(h_in, hs[L][0, 1:], rtol=0, atol=0)
+        torch.testing.assert_close(h_out - h_in, (hs[L + 1] - hs[L])[0, 1:], rtol=1e-6, atol=1e-6)
+    # the last entry of output_hidden_states has the final norm applied: not the layer's output
+    h_in, h_out = pairs[-1]
+    hf_delta = (hs[n] - hs[n - 1])[0, 1:]
+    assert (h_out - h_in - hf_delta).norm() > 0.1 * hf_delta.norm()
+    final_norm = model.hf_model().model.norm
+    torch.testing.assert_close(final_norm(h_out), hs[n][0, 1:], rtol=1e-5, atol=1e-5)
+
+
+def _corpus(model, budget):
+    return calibration.tokenize(calibration.load_corpus(), model.encode, budget)
+
+
+def test_streamed_statistics_equal_dense_computation():
+    model = open_model("synthetic:tiny-llama")
+    tc = _corpus(model, 300)
+    res = activations.compute(model, tc, top_k=4)
+    n, d = model.layout.num_layers, model.layout.hidden
+    ins = [[] for _ in range(n)]
+    outs = [[] for _ in range(n)]
+    for ids in activations.windows(tc, 512):
+        pairs, _ = _hook_pairs(model, ids)
+        for L, (a, b) in enumerate(pairs):
+            ins[L].append(a.double().numpy())
+            outs[L].append(b.double().numpy())
+    for L in range(n):
+        h, o = np.concatenate(ins[L]), np.concatenate(outs[L])
+        delta = o - h
+        dn, hn = np.linalg.norm(delta, axis=1), np.linalg.norm(h, axis=1)
+        cos = np.sum(delta * h, 1) / (dn * hn)
+        assert res["rel_step"][L] == pytest.approx((dn / hn).mean(), rel=1e-6)
+        assert res["parallel_frac"][L] == pytest.approx(np.abs(cos).mean(), rel=1e-6)
+        assert res["cos_delta_h"][L] == pytest.approx(cos.mean(), rel=1e-6, abs=1e-9)
+        assert res["angular_step"][L] == pytest.approx(residual.angular_step(h, o).mean(), rel=1e-6)
+        _, s, vt = np.linalg.svd(delta, full_matrices=False)
+        np.testing.assert_allclose(res["eigvals"][L][:d], s ** 2, rtol=1e-4, atol=1e-6 * s[0] ** 2)
+        assert res["effective_rank"][L] == pytest.approx(residual.effective_rank(s ** 2), rel=1e-4)
+        assert abs(float(res["top_dirs"][L][0] @ vt[0])) == pytest.approx(1.0, abs=1e-4)
+    assert res["scored_tokens"] == tc.scored_tokens == len(np.concatenate(ins[0]))
+    assert res["calibration"]["tokens"] == 300
+    assert res["memory"]["max_layer_inputs_held"] == 1
+    # peak extra memory: one layer's hidden states of one window, not all layers'
+    assert res["memory"]["max_window_hidden_bytes"] == max(len(w) for w in activations.windows(tc, 512)) * d * 4
+
+
+def test_grouped_passes_equal_single_pass():
+    model = open_model("synthetic:tiny-qwen3")
+    tc = _corpus(model, 200)
+    one = activations.compute(model, tc, top_k=3)
+    d = model.layout.hidden
+    grouped = activations.compute(model, tc, top_k=3, gram_budget_bytes=3 * d * d * 8)
+    assert grouped["memory"]["passes"] == 3 and one["memory"]["passes"] == 1
+    np.testing.assert_allclose(grouped["eigvals"], one["eigvals"], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(grouped["rel_step"], one["rel_step"], rtol=1e-12)
+
+
+def test_layer_groups_fit_budget():
+    assert activations.layer_groups(5, 10, 10 * 10 * 8 * 2) == [[0, 1], [2, 3], [4]]
+    assert activations.layer_groups(3, 10, 1) == [[0], [1], [2]]
+
+
+@pytest.fixture(scope="module")
+def planted_results():
+    out = {}
+    for spec in ("synthetic:planted-residual", "random:synthetic:planted-residual"):
+        model = open_model(spec)
+        out[spec] = activations.compute(model, _corpus(model, 1000))
+    return out
+
+
+CLAIMS = {
+    "phase-C-shared-subspace": lambda r, ph: residual.shared_subspace(r, ph, "C"),
+    "phase-E-specialized": lambda r, ph: residual.specialized(r, ph, "E"),
+    "late-layers-change-least": lambda r, ph: residual.late_layers_change_least(r),
+}
+
+
+@pytest.mark.parametrize("claim_id", sorted(CLAIMS))
+def test_claims_supported_on_planted_not_on_twin(planted_results, claim_id):
+    import importlib
+    mod = importlib.import_module("hypotheses.test_" + claim_id.lower().replace("-", "_"))
+    claim = mod.CLAIM
+    assert claim.id == claim_id
+    phases = default_phases(24)
+    planted = CLAIMS[claim_id](planted_results["synthetic:planted-residual"], phases)
+    twin = CLAIMS[claim_id](planted_results["random:synthetic:planted-residual"], phases)
+    assert decide(claim, planted, 0.05).verdict == "SUPPORTED", planted
+    assert decide(claim, twin, 0.05).verdict != "SUPPORTED", twin
+
+
+@pytest.mark.slow
+def test_smollm2_last_layer_is_not_the_final_norm_artifact():
+    model = open_model("smollm2-135m")
+    tc = _corpus(model, 600)
+    res = activations.compute(model, tc)
+    n = model.layout.num_layers
+    # the artifact: output_hidden_states[-1] − [-2] over the same tokens
+    hf = model.hf_model()
+    rel = []
+    for ids in activations.windows(tc, 1024):
+        with torch.no_grad():
+            hs = hf(input_ids=torch.tensor([ids]), output_hidden_states=True, use_cache=False).hidden_states
+        h, o = hs[n - 1][0, 1:].double(), hs[n][0, 1:].double()
+        rel.append(((o - h).norm(dim=1) / h.norm(dim=1)).numpy())
+    artifact = float(np.concatenate(rel).mean())
+    assert artifact > 0.97  # what delta_svd.py reported (≈ 0.99)
+    assert res["rel_step"][n - 1] < 0.95 and abs(res["rel_step"][n - 1] - artifact) > 0.05
+    assert calibration.tokenize(calibration.load_corpus(), model.encode).tokens >= 2000
