@@ -77,5 +77,6 @@ def low_dim(result: dict, seed: int = 0, draws: int = NULL_DRAWS) -> Evidence:
         profile=Profile(layers=list(range(tracks.shape[1])), values=scores.tolist(),
                         null=[0.0] * tracks.shape[1], label="mode-1 score of centred log ‖W‖"),
         families=fams, explained_variance=shares.tolist(),
+        excluded_families=[f for f in result["families"] if f not in fams],
         loadings=dict(zip(fams, (sign * u[:, 0]).tolist())),
         first_share_uniform=1.0 / len(fams))

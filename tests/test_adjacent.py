@@ -148,3 +148,27 @@ def test_weight_pass_holds_a_bounded_slice_not_the_model(tmp_path):
     whole_family = 48 * one_layer_gate
     assert model.peak <= budget + one_layer_gate  # ≤ ~5 layers' worth, not 48
     assert model.peak < whole_family / 8
+
+
+@pytest.mark.parametrize("poison", ["nan", "inf", "zero"])
+def test_non_finite_or_zero_weights_are_not_applicable(tmp_path, poison):
+    from probes.models.checkpoint import write_checkpoint
+    from probes.synthetic import get
+    spec = get("tiny-llama")
+    state = dict(spec.state_dict)
+    name = "model.layers.3.self_attn.q_proj.weight"
+    bad = state[name].clone()
+    if poison == "zero":
+        bad.zero_()
+    else:
+        bad[0, 0] = float(poison)
+    state[name] = bad
+    write_checkpoint((spec.config, state), tmp_path / "m")
+    result = adjacent.compute(open_model(str(tmp_path / "m")))
+    phases = {"all": list(range(8))}
+    with pytest.raises(NotApplicable, match="zero-norm, constant or non-finite"):
+        adjacent.far_from_null(result, phases, "all", "q_proj")
+    adjacent.far_from_null(result, phases, "all", "k_proj")  # other families unaffected
+    # the scale schedule leaves the bad family out and says so
+    ev = scale.low_dim(result)
+    assert "q_proj" not in ev.extra["families"] and ev.extra["excluded_families"] == ["q_proj"]
