@@ -42,12 +42,19 @@ class Profile:
     values: Sequence[float]
     null: Sequence[float] | None = None
     label: str = ""
+    null_sd: Sequence[float] | None = None  # per-layer null sd: the report draws null ± 1.96 sd
+    highlight: str | Sequence[str] | None = None  # phase(s) to shade when the record has no phase
 
     def to_json(self) -> dict:
         def clean(xs):
             return None if xs is None else [_finite_or_none(x) for x in xs]
-        return {"layers": [int(x) for x in self.layers], "values": clean(self.values),
-                "null": clean(self.null), "label": self.label}
+        out = {"layers": [int(x) for x in self.layers], "values": clean(self.values),
+               "null": clean(self.null), "label": self.label}
+        if self.null_sd is not None:
+            out["null_sd"] = clean(self.null_sd)
+        if self.highlight is not None:
+            out["highlight"] = self.highlight
+        return out
 
 
 @dataclass

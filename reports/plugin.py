@@ -222,7 +222,10 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         if parent is not None:
             parent["twin"] = {"observed": t["observed"], "effect": t["effect"], "p": t["p"],
                               "verdict": t["verdict"], "reason": t["reason"]}
-            parent["twin_artifact"] = t["verdict"] == "SUPPORTED"
+            # a likely artifact: what the trained model shows, random init shows too. For an
+            # equivalence claim ("≈ 0") agreement with random init is expected, not an artifact.
+            parent["twin_artifact"] = (parent["verdict"] == "SUPPORTED" and t["verdict"] == "SUPPORTED"
+                                       and parent["direction"] != "equivalent")
     _dedup_matrices(models)
     for t in twins:
         t["matrix"] = None  # the twin's heatmap is not drawn; its record stays for the numbers

@@ -1,0 +1,243 @@
+"""The ``verdicts.json`` contract (SPEC §7) and a validator for it.
+
+``SCHEMA`` is a JSON Schema (a plain subset: ``type``, ``properties``, ``required``,
+``additionalProperties``, ``items``, ``enum``, ``const``, ``minItems``, ``maxItems``), so any
+JSON Schema tool can check a report against it. :func:`validate` implements exactly that subset
+(no dependency on the ``jsonschema`` package) and adds the checks a schema cannot express:
+a decided record (anything but N/A) carries finite numbers, every record's model is described
+in ``run.models``, p-values lie in [0, 1]. Fields beyond the contract are allowed everywhere
+("add fields freely"); the names below must stay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+SCHEMA_ID = "strata.verdicts/1"
+VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A")
+DIRECTIONS = ("greater", "less", "two-sided", "equivalent")
+
+_NUM = {"type": ["number", "null"]}
+_STR_OR_NULL = {"type": ["string", "null"]}
+
+PROFILE = {
+    "type": ["object", "null"],
+    "required": ["layers", "values", "null"],
+    "properties": {
+        "layers": {"type": "array", "items": {"type": "integer"}},
+        "values": {"type": "array", "items": _NUM},
+        "null": {"type": ["array", "null"], "items": _NUM},
+        "label": {"type": "string"},
+    },
+}
+
+MATRIX = {
+    "type": ["object", "null"],
+    "required": ["layers", "values"],
+    "properties": {
+        "layers": {"type": "array", "items": {"type": "integer"}},
+        "values": {"type": "array", "items": {"type": "array", "items": _NUM}},
+        "label": {"type": "string"},
+    },
+}
+
+TWIN = {
+    "type": ["object", "null"],
+    "required": ["observed", "effect", "p", "verdict"],
+    "properties": {
+        "observed": _NUM, "effect": _NUM, "p": _NUM,
+        "verdict": {"enum": list(VERDICTS)},
+        "reason": {"type": "string"},
+    },
+}
+
+RECORD = {
+    "type": "object",
+    "required": ["claim", "statement", "model", "phase", "family", "statistic", "observed",
+                 "null", "effect", "min_effect", "ci", "p", "p_holm", "verdict", "reason",
+                 "twin", "profile"],
+    "properties": {
+        "claim": {"type": "string"},
+        "statement": {"type": "string"},
+        "model": {"type": "string"},
+        "phase": _STR_OR_NULL,
+        "family": _STR_OR_NULL,
+        "statistic": {"type": "string"},
+        "observed": _NUM,
+        "null": {
+            "type": "object",
+            "required": ["kind", "mean", "sd"],
+            "properties": {"kind": {"type": "string"}, "mean": _NUM, "sd": _NUM},
+        },
+        "effect": _NUM,
+        "min_effect": {"type": "number"},
+        "ci": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
+        "p": _NUM,
+        "p_holm": _NUM,
+        "verdict": {"enum": list(VERDICTS)},
+        "reason": {"type": "string"},
+        "twin": TWIN,
+        "profile": PROFILE,
+        # additions beyond SPEC §7 (optional, type-checked when present)
+        "direction": {"enum": list(DIRECTIONS)},
+        "holm_survives": {"type": ["boolean", "null"]},
+        "twin_artifact": {"type": ["boolean", "null"]},
+        "matrix": MATRIX,
+        "extra": {"type": ["object", "null"]},
+    },
+}
+
+MODEL = {
+    "type": "object",
+    "required": ["spec", "architecture", "num_layers", "fingerprint", "phases"],
+    "properties": {
+        "spec": {"type": "string"},
+        "architecture": {"type": "string"},
+        "num_layers": {"type": "integer"},
+        "fingerprint": {"type": "string"},
+        "phases": {"type": "object",
+                   "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
+    },
+}
+
+SCHEMA: dict = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "Strata verdict report",
+    "type": "object",
+    "required": ["schema", "run", "records"],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "run": {
+            "type": "object",
+            "required": ["harness_commit", "started", "versions", "alpha", "seed", "models",
+                         "calibration"],
+            "properties": {
+                "harness_commit": {"type": "string"},
+                "started": {"type": "string"},
+                "versions": {"type": "object"},
+                "alpha": {"type": "number"},
+                "seed": {"type": "integer"},
+                "models": {"type": "array", "items": MODEL},
+                "calibration": {
+                    "type": ["object", "null"],
+                    "required": ["source", "sha256", "tokens"],
+                    "properties": {"source": {"type": "string"}, "sha256": _STR_OR_NULL,
+                                   "tokens": {"type": ["integer", "null"]}},
+                },
+            },
+        },
+        "records": {"type": "array", "items": RECORD},
+    },
+}
+
+
+def _is_type(value: Any, name: str) -> bool:
+    if name == "null":
+        return value is None
+    if name == "boolean":
+        return isinstance(value, bool)
+    if name == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "string":
+        return isinstance(value, str)
+    if name == "array":
+        return isinstance(value, list)
+    if name == "object":
+        return isinstance(value, dict)
+    raise ValueError(f"schema uses unsupported type {name!r}")
+
+
+def schema_errors(value: Any, schema: dict, path: str = "$") -> list[str]:
+    """Every violation of ``schema`` (the subset above) by ``value``, as 'path: problem' lines."""
+    errors: list[str] = []
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: expected {schema['const']!r}, got {value!r}")
+        return errors
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: expected one of {', '.join(map(str, schema['enum']))}; got {value!r}")
+        return errors
+    types = schema.get("type")
+    if types is not None:
+        types = [types] if isinstance(types, str) else types
+        if not any(_is_type(value, t) for t in types):
+            got = "null" if value is None else type(value).__name__
+            errors.append(f"{path}: expected {' or '.join(types)}, got {got} {_short(value)}")
+            return errors
+    if isinstance(value, dict):
+        for key in schema.get("required", ()):
+            if key not in value:
+                errors.append(f"{path}: missing required field {key!r}")
+        props = schema.get("properties", {})
+        extra_schema = schema.get("additionalProperties")
+        for key, sub in value.items():
+            if key in props:
+                errors.extend(schema_errors(sub, props[key], f"{path}.{key}"))
+            elif isinstance(extra_schema, dict):
+                errors.extend(schema_errors(sub, extra_schema, f"{path}.{key}"))
+    if isinstance(value, list):
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{path}: expected at least {schema['minItems']} items, got {len(value)}")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{path}: expected at most {schema['maxItems']} items, got {len(value)}")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                errors.extend(schema_errors(item, schema["items"], f"{path}[{i}]"))
+    return errors
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _finite(x: Any) -> bool:
+    return _is_type(x, "number") and math.isfinite(x)
+
+
+def semantic_errors(doc: dict) -> list[str]:
+    """Checks beyond structure: decided records carry finite numbers, p-values in [0, 1],
+    every record's model appears in run.models, profile lists have matching lengths."""
+    errors: list[str] = []
+    specs = {m.get("spec") for m in doc["run"]["models"]}
+    for i, rec in enumerate(doc["records"]):
+        where = f"$.records[{i}] ({rec.get('claim')} / {rec.get('model')} / {rec.get('phase')} / {rec.get('family')})"
+        if rec["model"] not in specs:
+            errors.append(f"{where}: model {rec['model']!r} is not described in run.models")
+        if rec["verdict"] != "N/A":
+            for name, val in (("observed", rec["observed"]), ("effect", rec["effect"]),
+                              ("p", rec["p"]), ("ci[0]", rec["ci"][0]), ("ci[1]", rec["ci"][1])):
+                if not _finite(val):
+                    errors.append(f"{where}: verdict {rec['verdict']} needs a finite {name}, got {val!r}")
+        for name in ("p", "p_holm"):
+            val = rec[name]
+            if _finite(val) and not 0.0 <= val <= 1.0:
+                errors.append(f"{where}: {name}={val!r} is not a probability")
+        prof = rec["profile"]
+        if prof is not None:
+            n = len(prof["layers"])
+            if len(prof["values"]) != n or (prof["null"] is not None and len(prof["null"]) != n):
+                errors.append(f"{where}: profile layers/values/null lengths differ")
+        mat = rec.get("matrix")
+        if mat is not None:
+            n = len(mat["layers"])
+            if len(mat["values"]) != n or any(len(row) != n for row in mat["values"]):
+                errors.append(f"{where}: matrix is not {n}×{n} (its layers list has {n} entries)")
+    return errors
+
+
+def validate(doc: Any) -> dict:
+    """Check a verdicts document against SPEC §7; return it, or raise ValueError listing the
+    problems (first ten), each with its JSON path."""
+    errors = schema_errors(doc, SCHEMA)
+    if not errors:
+        errors = semantic_errors(doc)
+    if errors:
+        shown = errors[:10]
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise ValueError(f"not a valid {SCHEMA_ID} report ({len(errors)} problem"
+                         f"{'s' if len(errors) != 1 else ''}):\n  " + "\n  ".join(shown) + more)
+    return doc

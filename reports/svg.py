@@ -1,0 +1,324 @@
+"""Small inline-SVG plots for the HTML report: a profile across depth with phase bands and the
+null, and an L×L heatmap with phase boundaries. No ids, no external references, every text
+escaped — each plot is an independent ``<svg>`` element that can be pasted anywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from html import escape
+from typing import Sequence
+
+from .summary import is_num, phase_ranges
+
+VIRIDIS = ("#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779",
+           "#6ece58", "#b5de2b", "#fde725")
+RDBU = ("#2166ac", "#4393c3", "#92c5de", "#d1e5f0", "#f7f7f7", "#fddbc7", "#f4a582",
+        "#d6604d", "#b2182b")
+LEVELS = 48  # colour levels of a heatmap (cells are grouped into one path per level)
+
+BAND_FILLS = ("#eef1f6", "#f8f9fb")
+HIGHLIGHT_FILL = "#ffe8a8"
+LINE = "#1f5fbf"
+NULL_LINE = "#6b6b6b"
+NULL_BAND = "#9a9a9a"
+AXIS = "#555"
+FONT = "font-family:system-ui,-apple-system,'Segoe UI',sans-serif"
+
+
+# -- scales and ticks ----------------------------------------------------------------------
+def nice_ticks(lo: float, hi: float, count: int = 4) -> list[float]:
+    """Round tick values covering [lo, hi] (steps 1, 2, 2.5 or 5 × 10^k)."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    if hi <= lo:
+        return [lo]
+    raw = (hi - lo) / max(count, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    ticks, t = [], first
+    while t <= hi + step * 1e-9:
+        ticks.append(0.0 if abs(t) < step * 1e-9 else t)
+        t += step
+    return ticks
+
+
+def tick_label(t: float) -> str:
+    if t == 0:
+        return "0"
+    if abs(t) >= 1e4 or abs(t) < 1e-3:
+        return f"{t:.0e}"
+    return f"{t:.4g}"
+
+
+def layer_ticks(first: int, last: int, count: int = 6) -> list[int]:
+    span = max(last - first, 1)
+    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500) if span / s <= count)
+    start = math.ceil(first / step) * step
+    return list(range(start, last + 1, step))
+
+
+def _padded_range(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if is_num(v)]
+    if not finite:
+        return 0.0, 1.0
+    lo, hi = min(finite), max(finite)
+    if hi == lo:
+        pad = abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.08
+    return lo - pad, hi + pad
+
+
+def _segments(xs, ys) -> list[list[tuple[float, float]]]:
+    """Split a polyline at missing values."""
+    segs, cur = [], []
+    for x, y in zip(xs, ys):
+        if is_num(y):
+            cur.append((x, y))
+        elif cur:
+            segs.append(cur)
+            cur = []
+    if cur:
+        segs.append(cur)
+    return segs
+
+
+def _pts(points) -> str:
+    return " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+
+
+# -- profile -------------------------------------------------------------------------------
+def profile_svg(layers: Sequence[int], values: Sequence[float | None], *,
+                null: Sequence[float | None] | None = None,
+                null_lo: Sequence[float | None] | None = None,
+                null_hi: Sequence[float | None] | None = None,
+                phases: dict | None = None, highlight: str | Sequence[str] | None = None,
+                width: int = 300, height: int = 150, title: str = "", ylabel: str = "",
+                css_class: str = "profile") -> str:
+    """A line of ``values`` over ``layers`` (per layer, or per adjacent pair by first layer)
+    with the phases shaded (the ``highlight`` phase or phases drawn stronger), the per-layer null as a dashed
+    line and, where ``null_lo``/``null_hi`` are given, the null band between them."""
+    marked = {highlight} if isinstance(highlight, str) else set(highlight or ())
+    left, right, top, bottom = 46, 8, 16, 24
+    pw, ph = width - left - right, height - top - bottom
+    layers = [int(x) for x in layers]
+    phases = phases or {}
+    pr = phase_ranges(phases)
+    x_first = min(layers + [a for _, a, _ in pr]) if layers or pr else 0
+    x_last = max(layers + [b for _, _, b in pr]) if layers or pr else 1
+    x0, x1 = x_first - 0.5, x_last + 0.5
+
+    def sx(x):
+        return left + (x - x0) / (x1 - x0) * pw
+
+    all_y = list(values) + list(null or []) + list(null_lo or []) + list(null_hi or [])
+    y0, y1 = _padded_range(all_y)
+
+    def sy(y):
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out = [f'<svg class="{escape(css_class)}" '
+           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'style="{FONT}">']
+    if title:
+        out.append(f"<title>{escape(title)}</title>")
+    # phase bands
+    for i, (name, a, b) in enumerate(pr):
+        xa, xb = sx(a - 0.5), sx(b + 0.5)
+        fill = HIGHLIGHT_FILL if name in marked else BAND_FILLS[i % 2]
+        out.append(f'<rect x="{xa:.1f}" y="{top}" width="{xb - xa:.1f}" height="{ph}" fill="{fill}"/>')
+        if xb - xa >= 6 * len(name) + 2:
+            weight = "700" if name in marked else "400"
+            out.append(f'<text x="{(xa + xb) / 2:.1f}" y="{top - 4}" font-size="9" '
+                       f'font-weight="{weight}" text-anchor="middle" fill="#444">{escape(name)}</text>')
+    # axes and grid
+    for t in nice_ticks(y0, y1, 4):
+        y = sy(t)
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="#fff" stroke-width="1"/>')
+        out.append(f'<text x="{left - 4}" y="{y + 3:.1f}" font-size="9" text-anchor="end" '
+                   f'fill="{AXIS}">{escape(tick_label(t))}</text>')
+    for t in layer_ticks(x_first, x_last):
+        x = sx(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top + ph}" y2="{top + ph + 3}" stroke="{AXIS}"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + ph + 13}" font-size="9" text-anchor="middle" '
+                   f'fill="{AXIS}">{t}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#bbb"/>')
+    out.append(f'<text x="{left + pw}" y="{height - 2}" font-size="9" text-anchor="end" '
+               f'fill="{AXIS}">layer</text>')
+    if ylabel:
+        out.append(f'<text x="{left}" y="{height - 2}" font-size="9" fill="{AXIS}">'
+                   f'{escape(_clip(ylabel, 40))}</text>')
+    # null band and line
+    if null_lo is not None and null_hi is not None:
+        for seg in _band_segments(layers, null_lo, null_hi):
+            upper = [(sx(x), sy(h)) for x, _, h in seg]
+            lower = [(sx(x), sy(lo)) for x, lo, _ in reversed(seg)]
+            out.append(f'<polygon class="null-band" points="{_pts(upper + lower)}" '
+                       f'fill="{NULL_BAND}" fill-opacity="0.28" stroke="none"/>')
+    if null is not None:
+        for seg in _segments(layers, null):
+            pts = [(sx(x), sy(y)) for x, y in seg]
+            if len(pts) == 1:
+                x, y = pts[0]
+                pts = [(x - 2, y), (x + 2, y)]
+            out.append(f'<polyline class="null-line" points="{_pts(pts)}" fill="none" '
+                       f'stroke="{NULL_LINE}" stroke-width="1.2" stroke-dasharray="4 3"/>')
+    # the profile
+    for seg in _segments(layers, values):
+        pts = [(sx(x), sy(y)) for x, y in seg]
+        if len(pts) > 1:
+            out.append(f'<polyline points="{_pts(pts)}" fill="none" stroke="{LINE}" stroke-width="1.6"/>')
+        if len(layers) <= 80:
+            out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.7" fill="{LINE}"/>' for x, y in pts)
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _band_segments(xs, lo, hi):
+    segs, cur = [], []
+    for x, a, b in zip(xs, lo, hi):
+        if is_num(a) and is_num(b):
+            cur.append((x, a, b))
+        elif cur:
+            segs.append(cur)
+            cur = []
+    if cur:
+        segs.append(cur)
+    return segs
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+# -- colours -------------------------------------------------------------------------------
+def _hex_to_rgb(h: str) -> tuple[int, int, int]:
+    return int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)
+
+
+def interpolate(stops: Sequence[str], t: float) -> str:
+    """Colour at t ∈ [0, 1] along evenly spaced ``stops`` (linear in RGB)."""
+    t = min(max(t, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(t), len(stops) - 2)
+    f = t - i
+    a, b = _hex_to_rgb(stops[i]), _hex_to_rgb(stops[i + 1])
+    return "#%02x%02x%02x" % tuple(round(x + (y - x) * f) for x, y in zip(a, b))
+
+
+def constant_diagonal(values: Sequence[Sequence[float | None]]) -> bool:
+    """True for a self-similarity matrix whose diagonal is one repeated value (cos(L, L) = 1):
+    such a diagonal carries no information and would swamp the colour range."""
+    n = len(values)
+    if n < 3 or any(len(row) != n for row in values):
+        return False
+    diag = [values[i][i] for i in range(n)]
+    return all(is_num(d) for d in diag) and max(diag) - min(diag) <= 1e-9 * max(1.0, abs(diag[0]))
+
+
+def colour_scale(values: Sequence[Sequence[float | None]], skip_diagonal: bool = False
+                 ) -> tuple[float, float, tuple]:
+    """(vmin, vmax, stops): diverging and symmetric about 0 when the values change sign,
+    sequential (viridis) otherwise; the diagonal left out of the range if ``skip_diagonal``."""
+    finite = [v for i, row in enumerate(values) for j, v in enumerate(row)
+              if is_num(v) and not (skip_diagonal and i == j)]
+    if not finite:
+        return 0.0, 1.0, VIRIDIS
+    lo, hi = min(finite), max(finite)
+    if lo < 0 < hi:
+        m = max(-lo, hi)
+        return -m, m, RDBU
+    if hi == lo:
+        return lo - 0.5, hi + 0.5, VIRIDIS
+    return lo, hi, VIRIDIS
+
+
+# -- heatmap -------------------------------------------------------------------------------
+def heatmap_svg(layers: Sequence[int], values: Sequence[Sequence[float | None]], *,
+                phases: dict | None = None, size: int = 250, title: str = "", label: str = "",
+                css_class: str = "heatmap") -> str:
+    """An L×L heatmap: row i, column j = values[i][j] for layers[i], layers[j]; phase
+    boundaries drawn as lines, a colour bar with its range at the right. Cells are quantised
+    to ``LEVELS`` colours and drawn as one path per colour (small and crisp). A constant
+    diagonal (a self-similarity's cos(L, L) = 1) is drawn grey and left out of the colour range,
+    so the off-diagonal structure gets the whole scale."""
+    layers = [int(x) for x in layers]
+    n = len(layers)
+    left, top, bar = 34, 16, 68
+    plot = size - left - 20
+    width, height = left + plot + bar, top + plot + 24
+    skip = constant_diagonal(values)
+    vmin, vmax, stops = colour_scale(values, skip_diagonal=skip)
+    cs = plot / max(n, 1)
+    paths: dict[int, list[str]] = {}
+    missing: list[str] = []
+    diagonal: list[str] = []
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if skip and i == j:
+                diagonal.append(f"M{j} {i}h1v1h-1z")
+            elif is_num(v):
+                lvl = min(int((v - vmin) / (vmax - vmin) * LEVELS), LEVELS - 1)
+                paths.setdefault(max(lvl, 0), []).append(f"M{j} {i}h1v1h-1z")
+            else:
+                missing.append(f"M{j} {i}h1v1h-1z")
+    out = [f'<svg class="{escape(css_class)}" '
+           f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+           f'style="{FONT}">']
+    if title:
+        out.append(f"<title>{escape(title)}</title>")
+    out.append(f'<g transform="translate({left} {top}) scale({cs:.4f})" shape-rendering="crispEdges">')
+    for lvl in sorted(paths):
+        colour = interpolate(stops, (lvl + 0.5) / LEVELS)
+        out.append(f'<path fill="{colour}" d="{"".join(paths[lvl])}"/>')
+    if missing:
+        out.append(f'<path fill="#d9d9d9" d="{"".join(missing)}"/>')
+    if diagonal:
+        out.append(f'<path class="diagonal" fill="#a0a0a0" d="{"".join(diagonal)}"/>')
+    out.append("</g>")
+    # phase boundaries (in index space: a boundary sits where the phase of layers[k] changes)
+    index = {layer: k for k, layer in enumerate(layers)}
+    for name, a, b in phase_ranges(phases or {}):
+        if a not in index:
+            continue
+        k0 = index[a]
+        k1 = index.get(b, k0) + 1
+        if k0 > 0:
+            p = k0 * cs
+            out.append(f'<line x1="{left}" x2="{left + plot}" y1="{top + p:.1f}" y2="{top + p:.1f}" '
+                       f'stroke="#fff" stroke-width="1"/>')
+            out.append(f'<line y1="{top}" y2="{top + plot}" x1="{left + p:.1f}" x2="{left + p:.1f}" '
+                       f'stroke="#fff" stroke-width="1"/>')
+        mid = (k0 + k1) / 2 * cs
+        if (k1 - k0) * cs >= 6 * len(name) + 2:
+            out.append(f'<text x="{left + mid:.1f}" y="{top - 4}" font-size="9" text-anchor="middle" '
+                       f'fill="#444">{escape(name)}</text>')
+    out.append(f'<rect x="{left}" y="{top}" width="{plot}" height="{plot}" fill="none" stroke="#999"/>')
+    # layer ticks on the left and bottom
+    if layers:
+        for t in layer_ticks(layers[0], layers[-1], 5):
+            if t not in index:
+                continue
+            c = (index[t] + 0.5) * cs
+            out.append(f'<text x="{left - 3}" y="{top + c + 3:.1f}" font-size="9" text-anchor="end" '
+                       f'fill="{AXIS}">{t}</text>')
+            out.append(f'<text x="{left + c:.1f}" y="{top + plot + 11}" font-size="9" '
+                       f'text-anchor="middle" fill="{AXIS}">{t}</text>')
+    # colour bar
+    bx, bw, steps = left + plot + 8, 10, 24
+    for s in range(steps):
+        y = top + plot - (s + 1) * plot / steps
+        out.append(f'<rect x="{bx}" y="{y:.1f}" width="{bw}" height="{plot / steps + 0.6:.1f}" '
+                   f'fill="{interpolate(stops, (s + 0.5) / steps)}"/>')
+    out.append(f'<text x="{bx + bw + 2}" y="{top + 8}" font-size="9" fill="{AXIS}">{escape(f"{vmax:.3g}")}</text>')
+    out.append(f'<text x="{bx + bw + 2}" y="{top + plot}" font-size="9" fill="{AXIS}">{escape(f"{vmin:.3g}")}</text>')
+    if skip:
+        out.append(f'<text x="{left + plot}" y="{height - 1}" font-size="9" text-anchor="end" '
+                   f'fill="{AXIS}">diagonal ({escape(tick_label(values[0][0]))}) in grey, '
+                   f'not in the scale</text>')
+    elif label:
+        out.append(f'<text x="{left}" y="{height - 1}" font-size="9" fill="{AXIS}">'
+                   f'{escape(_clip(label, 48))}</text>')
+    out.append("</svg>")
+    return "".join(out)

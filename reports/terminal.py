@@ -1,0 +1,111 @@
+"""The claims × models matrix for the terminal summary: plain ASCII, every line at most
+``width`` columns. Models are abbreviated M1, M2, ... and verdicts to letters, with a legend;
+cells shrink (full counts → supported/total → state letter) and, when even that does not fit,
+the models are split over several blocks.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from . import summary as S
+
+TWIN = "!"   # ASCII flags (terminal widths of ⚠/† vary)
+HOLM = "*"
+GAP = 2
+
+
+def _flags(c: S.Cell) -> str:
+    out = ""
+    if c.twin_artifacts:
+        out += f" {TWIN}{c.twin_artifacts}"
+    if c.not_holm:
+        out += f" {HOLM}{c.not_holm}"
+    return out
+
+
+def cell_variants(c: S.Cell) -> list[str]:
+    """Cell texts from most to least detailed."""
+    if c.total == 0:
+        return ["not run", "-"]
+    st = S.ABBREV[c.state]
+    full = f"{st} {S.cell_counts_text(c)}{_flags(c)}"
+    short = f"{st} {c.counts['SUPPORTED']}/{c.total}{_flags(c)}"
+    flags = ("!" if c.twin_artifacts else "") + ("*" if c.not_holm else "")
+    tiny = f"{st} {c.counts['SUPPORTED']}/{c.total}{flags}"
+    return [full, short, tiny, st + flags]
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: max(n - 1, 0)] + "~"
+
+
+def pack(entries: list[str], width: int, sep: str = "   ") -> list[str]:
+    """Entries side by side, never split across lines (an entry longer than the width is clipped)."""
+    lines, cur = [], ""
+    for entry in entries:
+        entry = _clip(entry, width)
+        if cur and len(cur) + len(sep) + len(entry) > width:
+            lines.append(cur)
+            cur = entry
+        else:
+            cur = f"{cur}{sep}{entry}" if cur else entry
+    if cur:
+        lines.append(cur)
+    return lines
+
+
+def render_matrix(doc: dict, width: int = 100) -> str:
+    claims = [c.id for c in S.claims(doc)]
+    models = S.models(doc)
+    if not claims:
+        return "no verdicts recorded"
+    cells = S.cells(doc)
+    abbr = S.abbreviations(models)
+    claim_w = min(max(len("claim"), *(len(c) for c in claims)), max(width // 3, 12))
+    variants = {k: cell_variants(c) for k, c in cells.items()}
+
+    def col_width(level: int, m: str) -> int:
+        return max(len(abbr[m]), *(len(variants[(c, m)][min(level, len(variants[(c, m)]) - 1)])
+                                   for c in claims))
+
+    # choose the most detailed level at which all models fit; else split models into blocks
+    avail = width - claim_w
+    level, blocks = None, None
+    for lv in range(4):
+        if sum(GAP + col_width(lv, m) for m in models) <= avail:
+            level, blocks = lv, [models]
+            break
+    if level is None:
+        level = 3
+        blocks, cur, used = [], [], 0
+        for m in models:
+            w = GAP + col_width(level, m)
+            if cur and used + w > avail:
+                blocks.append(cur)
+                cur, used = [], 0
+            cur.append(m)
+            used += w
+        blocks.append(cur)
+
+    lines = []
+    for block in blocks:
+        widths = {m: col_width(level, m) for m in block}
+        head = "claim".ljust(claim_w) + "".join(" " * GAP + abbr[m].ljust(widths[m]) for m in block)
+        lines.append(head.rstrip())
+        lines.append("-" * min(len(head.rstrip()), width))
+        for c in claims:
+            row = _clip(c, claim_w).ljust(claim_w)
+            for m in block:
+                v = variants[(c, m)]
+                row += " " * GAP + v[min(level, len(v) - 1)].ljust(widths[m])
+            lines.append(row.rstrip()[:width])
+        lines.append("")
+    lines += pack([f"{abbr[m]} = {m}" for m in models], width)
+    key = ("cell: state (S supported, R refuted, I inconclusive, N n/a, M mixed) then counts "
+           "per verdict" if level == 0 else
+           "cell: state (S supported, R refuted, I inconclusive, N n/a, M mixed) then "
+           "supported/records")
+    key += f"; {TWIN}n: supported on the model and on its random-init twin (artifact?); {HOLM}n: support not surviving Holm"
+    lines += textwrap.wrap(key, width=width, break_on_hyphens=False)
+    return "\n".join(line[:width] for line in lines)
