@@ -133,69 +133,18 @@ SCHEMA: dict = {
 }
 
 
-def _is_type(value: Any, name: str) -> bool:
-    if name == "null":
-        return value is None
-    if name == "boolean":
-        return isinstance(value, bool)
-    if name == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if name == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if name == "string":
-        return isinstance(value, str)
-    if name == "array":
-        return isinstance(value, list)
-    if name == "object":
-        return isinstance(value, dict)
-    raise ValueError(f"schema uses unsupported type {name!r}")
-
-
-def schema_errors(value: Any, schema: dict, path: str = "$") -> list[str]:
-    """Every violation of ``schema`` (the subset above) by ``value``, as 'path: problem' lines."""
-    errors: list[str] = []
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{path}: expected {schema['const']!r}, got {value!r}")
-        return errors
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: expected one of {', '.join(map(str, schema['enum']))}; got {value!r}")
-        return errors
-    types = schema.get("type")
-    if types is not None:
-        types = [types] if isinstance(types, str) else types
-        if not any(_is_type(value, t) for t in types):
-            got = "null" if value is None else type(value).__name__
-            errors.append(f"{path}: expected {' or '.join(types)}, got {got} {_short(value)}")
-            return errors
-    if isinstance(value, dict):
-        for key in schema.get("required", ()):
-            if key not in value:
-                errors.append(f"{path}: missing required field {key!r}")
-        props = schema.get("properties", {})
-        extra_schema = schema.get("additionalProperties")
-        for key, sub in value.items():
-            if key in props:
-                errors.extend(schema_errors(sub, props[key], f"{path}.{key}"))
-            elif isinstance(extra_schema, dict):
-                errors.extend(schema_errors(sub, extra_schema, f"{path}.{key}"))
-    if isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(f"{path}: expected at least {schema['minItems']} items, got {len(value)}")
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(f"{path}: expected at most {schema['maxItems']} items, got {len(value)}")
-        if "items" in schema:
-            for i, item in enumerate(value):
-                errors.extend(schema_errors(item, schema["items"], f"{path}[{i}]"))
-    return errors
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+def schema_errors(value: Any, schema: dict = SCHEMA) -> list[str]:
+    """Every violation of ``schema`` by ``value`` (jsonschema), as '$.path: problem' lines."""
+    from jsonschema import Draft202012Validator
+    out = []
+    for err in sorted(Draft202012Validator(schema).iter_errors(value), key=lambda e: list(e.path)):
+        path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.path)
+        out.append(f"{path}: {err.message}")
+    return out
 
 
 def _finite(x: Any) -> bool:
-    return _is_type(x, "number") and math.isfinite(x)
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def semantic_errors(doc: dict) -> list[str]:
