@@ -1,0 +1,20 @@
+"""Matched attention heads of adjacent layers have more alike QK metrics than other heads do."""
+
+from probes import head_metric
+from probes.evidence import Claim
+
+CLAIM = Claim(
+    id="head-metric-adjacent",
+    statement="Within a phase, head h's QK metric g = W_Kᵀ W_Q in layer L+1 is more aligned with "
+              "head h's metric in layer L than with the metrics of the other heads of layer L.",
+    statistic="mean over the phase's adjacent pairs and heads of cos(g_L,h, g_L+1,h)",
+    null="head-permuted: layer L+1's heads relabelled by a random derangement per pair "
+         "(exact mean over h ≠ h', Monte Carlo sd)",
+    direction="greater",
+    min_effect=0.05,  # metric-cosine units
+)
+
+
+def test_head_metric_adjacent(head_metric_result, phases, phase, strata, verdict):
+    verdict(CLAIM, head_metric.adjacent_vs_head_permuted(head_metric_result, phases, phase,
+                                                         seed=strata.seed))
