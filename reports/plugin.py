@@ -216,9 +216,12 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
     alpha = strata.alpha if strata else config.getoption("alpha")
     models = [r for r in records if r["role"] == "model"]
     twins = [r for r in records if r["role"] == "twin"]
-    by_key = {(r["claim"], r["model"], r["phase"], r["family"]): r for r in models}
+    def key(r, model):  # the test function, not just the claim: a claim may have several
+        return (r["claim"], r["nodeid"].split("[")[0], model, r["phase"], r["family"])
+
+    by_key = {key(r, r["model"]): r for r in models}
     for t in twins:
-        parent = by_key.get((t["claim"], t["twin_of"], t["phase"], t["family"]))
+        parent = by_key.get(key(t, t["twin_of"]))
         if parent is not None:
             parent["twin"] = {"observed": t["observed"], "effect": t["effect"], "p": t["p"],
                               "verdict": t["verdict"], "reason": t["reason"]}
