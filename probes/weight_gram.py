@@ -37,26 +37,32 @@ def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
     chunk_rows = max(1, budget_bytes // (4 * num_layers * row_len))
     gram = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=device)
     sums = torch.zeros(num_layers, dtype=torch.float64, device=device)
+    buf = torch.empty(num_layers, chunk_rows * row_len, dtype=torch.float32, device=device)
     for start in range(0, rows, chunk_rows):
         stop = min(rows, start + chunk_rows)
-        x = torch.stack([model.weight_rows(layer, family, start, stop).reshape(-1)
-                         for layer in range(num_layers)]).to(device=device, dtype=torch.float32)
-        sums += x.sum(dim=1, dtype=torch.float64)
-        gram += _blocked_gram(x)
-        del x
+        x = buf[:, : (stop - start) * row_len]
+        for layer in range(num_layers):
+            x[layer].copy_(model.weight_rows(layer, family, start, stop).reshape(-1))
+        g, s_ = _blocked_gram_and_sums(x)
+        gram += g
+        sums += s_
     return {"gram": gram.cpu().numpy(), "sums": sums.cpu().numpy(),
             "n": int(rows * row_len)}
 
 
-def _blocked_gram(x: torch.Tensor) -> torch.Tensor:
-    """x xᵀ with float32 products over blocks of BLOCK columns, accumulated in float64."""
+def _blocked_gram_and_sums(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x xᵀ, row sums of x): float32 products and sums over blocks of BLOCK columns,
+    accumulated in float64 (no float64 copy of x is made)."""
     num_layers, m = x.shape
     full = (m // BLOCK) * BLOCK
-    out = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=x.device)
+    gram = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=x.device)
+    sums = torch.zeros(num_layers, dtype=torch.float64, device=x.device)
     if full:
         xb = x[:, :full].reshape(num_layers, -1, BLOCK).transpose(0, 1)  # (nb, L, BLOCK)
-        out += torch.bmm(xb, xb.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
+        gram += torch.bmm(xb, xb.transpose(1, 2)).sum(dim=0, dtype=torch.float64)
+        sums += xb.sum(dim=2).sum(dim=0, dtype=torch.float64)
     if full < m:
         rest = x[:, full:]
-        out += (rest @ rest.T).double()
-    return out
+        gram += (rest @ rest.T).double()
+        sums += rest.sum(dim=1).double()
+    return gram, sums

@@ -39,3 +39,12 @@ def test_weight_rows_of_fused_tensors(tmp_path):
     for fam in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
         assert fused.shape(1, fam) == plain.shape(1, fam)
         assert torch.equal(fused.weight_rows(1, fam, 5, 20), plain.weight(1, fam)[5:20])
+
+
+def test_random_row_blocks_compose_to_the_full_draw():
+    from probes.models.random_init import ROW_BLOCK, TensorInit, draw, draw_rows
+    big = TensorInit(shape=(3 * ROW_BLOCK + 17, 8), kind="normal", std=0.02)
+    full = draw("t", big, "s")
+    assert full.shape == big.shape and abs(float(full.std()) - 0.02) < 0.002
+    for a, b in ((0, 5), (ROW_BLOCK - 3, ROW_BLOCK + 4), (10, 3 * ROW_BLOCK + 17), (700, 701)):
+        assert torch.equal(draw_rows("t", big, "s", a, b), full[a:b])

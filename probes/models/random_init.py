@@ -91,12 +91,29 @@ def tensor_seed(salt: str, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+ROW_BLOCK = 512  # rows drawn per generator: a row slice costs only the blocks it touches
+
+
 def draw(name: str, init: TensorInit, salt: str) -> torch.Tensor:
     """Tensor ``name`` drawn from its init, float32 on CPU, determined by (salt, name)."""
+    return draw_rows(name, init, salt, 0, init.shape[0])
+
+
+def draw_rows(name: str, init: TensorInit, salt: str, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of :func:`draw` without drawing the rest: each block of ROW_BLOCK
+    rows has its own generator, seeded by (salt, name, block)."""
+    rows = init.shape[0]
+    start, stop = max(0, start), min(stop, rows)
+    shape = (max(0, stop - start), *init.shape[1:])
     if init.kind == ONES:
-        return torch.ones(init.shape, dtype=torch.float32)
+        return torch.ones(shape, dtype=torch.float32)
     if init.kind == ZEROS:
-        return torch.zeros(init.shape, dtype=torch.float32)
-    gen = torch.Generator().manual_seed(tensor_seed(salt, name))
-    out = torch.randn(init.shape, generator=gen, dtype=torch.float32)
+        return torch.zeros(shape, dtype=torch.float32)
+    parts = []
+    for block in range(start // ROW_BLOCK, (stop - 1) // ROW_BLOCK + 1 if stop > start else 0):
+        b0, b1 = block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)
+        gen = torch.Generator().manual_seed(tensor_seed(salt, f"{name}#{block}"))
+        part = torch.randn((b1 - b0, *init.shape[1:]), generator=gen, dtype=torch.float32)
+        parts.append(part[max(start, b0) - b0:min(stop, b1) - b0])
+    out = torch.cat(parts) if parts else torch.empty(shape, dtype=torch.float32)
     return out.mul_(init.std)

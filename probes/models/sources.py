@@ -25,7 +25,7 @@ from typing import Iterable
 import torch
 
 from probes.errors import StrataError
-from probes.models.random_init import TensorInit, draw, init_plan
+from probes.models.random_init import TensorInit, draw, draw_rows, init_plan
 
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -195,6 +195,4 @@ class RandomSource:
         return draw(name, self.plan[name], self.salt)
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        # the draw is seeded per tensor, so a row slice needs the whole draw; callers that
-        # slice (the weight-Gram pass) size chunks so a family's tensor is drawn a few times
-        return draw(name, self.plan[name], self.salt)[start:stop]
+        return draw_rows(name, self.plan[name], self.salt, start, stop)
