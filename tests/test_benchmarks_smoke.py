@@ -1,0 +1,131 @@
+"""Smoke test of benchmarks/: the scripts run on a shrunken Qwen3 and print their table.
+
+Not a timed test — it checks that the checkpoint writer produces a checkpoint both Strata and
+transformers read identically, that the naive references compute the same numbers as the probes
+they are timed against, and that ``benchmarks.run`` prints a table.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import make_checkpoint, naive, run
+from probes.models import open_model
+
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "tiny"
+    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "3", "--out", str(out)]) == 0
+    return out
+
+
+def test_checkpoint_has_real_layout_and_init(tiny_ckpt):
+    cfg = json.loads((tiny_ckpt / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 3 and cfg["model_type"] == "qwen3"
+    index = json.loads((tiny_ckpt / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) == 4  # one per layer + embeddings/final norm
+    assert index["weight_map"]["model.layers.1.mlp.up_proj.weight"] == shards[1]
+    model = open_model(str(tiny_ckpt))
+    lay = model.layout
+    assert (lay.num_layers, lay.hidden, lay.num_heads, lay.num_kv_heads, lay.head_dim,
+            lay.intermediate) == (3, 64, 4, 2, 16, 192)
+    assert {"q_norm", "k_norm", "gate_proj"} <= set(model.families)
+    gate = torch.cat([model.weight(layer, "gate_proj").flatten() for layer in range(3)])
+    assert abs(float(gate.std()) - 0.02) < 0.001 and abs(float(gate.mean())) < 0.001
+    assert torch.equal(model.weight(2, "q_norm"), torch.ones(16))
+    # layers are independent draws
+    assert abs(float(torch.nn.functional.cosine_similarity(
+        model.weight(0, "q_proj").flatten(), model.weight(1, "q_proj").flatten(), dim=0))) < 0.05
+
+
+def test_checkpoint_is_reproducible_and_read_by_transformers(tiny_ckpt, tmp_path):
+    again = tmp_path / "again"
+    make_checkpoint.make_checkpoint("tiny-qwen3", again, layers=3)
+    for f in sorted(p.name for p in tiny_ckpt.glob("*.safetensors")):
+        assert (tiny_ckpt / f).read_bytes() == (again / f).read_bytes()
+    hf = naive.load_model(str(tiny_ckpt))
+    model = open_model(str(tiny_ckpt))
+    assert hf.lm_head.weight.data_ptr() == hf.model.embed_tokens.weight.data_ptr()  # tied
+    for layer, fam, w in ((0, "k_proj", hf.model.layers[0].self_attn.k_proj.weight),
+                          (2, "down_proj", hf.model.layers[2].mlp.down_proj.weight)):
+        assert torch.equal(w.float(), model.weight(layer, fam))
+
+
+def test_shape_configs_are_the_real_models():
+    c4 = make_checkpoint.shape_config("qwen3-4b")
+    assert (c4["num_hidden_layers"], c4["hidden_size"], c4["num_attention_heads"],
+            c4["num_key_value_heads"], c4["head_dim"], c4["intermediate_size"],
+            c4["vocab_size"], c4["tie_word_embeddings"]) == (36, 2560, 32, 8, 128, 9728,
+                                                              151936, True)
+    c32 = make_checkpoint.shape_config("qwen3-32b", layers=2, vocab=1024)
+    assert (c32["num_hidden_layers"], c32["hidden_size"], c32["num_attention_heads"],
+            c32["intermediate_size"], c32["vocab_size"], c32["tie_word_embeddings"]) == (
+        2, 5120, 64, 25600, 1024, False)
+
+
+def test_naive_references_agree_with_the_probes(tiny_ckpt):
+    """The naive references compute the probes' numbers (so timing them is a fair comparison)."""
+    from probes import adjacent, gauge, head_metric, scale
+    model = open_model(str(tiny_ckpt))
+    adj = adjacent.compute(model)
+    ref = naive.adjacent(str(tiny_ckpt))
+    assert ref["mode1_share"] == pytest.approx(scale.explained_variance(scale.log_tracks(adj)[1])[0],
+                                               abs=1e-6)
+    assert ref["sum_q0"] == pytest.approx(adj["q_proj/sums"][0], rel=1e-4, abs=1e-5)
+    hm = head_metric.compute(model, fold_norms=False)
+    assert naive.head_metric(str(tiny_ckpt))["gram00"] == pytest.approx(hm["gram"][0, 0, 0],
+                                                                        rel=1e-4)
+    g = gauge.compute(model, draws=2, seed=0)
+    ng = naive.gauge(str(tiny_ckpt), draws=2, seed=0)
+    assert ng["complete"] and ng["units_done"]["lsa:mlp"] == 2 * 3
+    for L in (0, 1):
+        for fam in ("q_proj", "k_proj", "o_proj", "down_proj"):
+            raw, aligned, null_mean = ng["aligned"][f"{L}/{fam}"]
+            assert raw == pytest.approx(g[f"{fam}.raw_cos"][L], abs=1e-5)
+            assert aligned == pytest.approx(g[f"{fam}.orth_aligned"][L], abs=1e-4)
+            assert null_mean == pytest.approx(np.mean(g[f"{fam}.orth_null"][L]), abs=1e-4)
+        assert ng["aligned"][f"{L}/gate_proj/perm"][0] == pytest.approx(
+            g["gate_proj.perm_aligned"][L], abs=1e-4)
+
+
+def test_budget_extrapolates_unreached_units_by_n_cubed():
+    b = naive._Budget(None)
+    b.plan("svd:small", 100, 4)
+    b.plan("svd:big", 200, 2)
+    for _ in range(4):
+        b.record("svd:small", 1.0)
+    rep = b.report()
+    assert not rep["complete"]
+    assert rep["extrapolated_work_s"] - rep["work_s"] == pytest.approx(2 * 8.0)
+    assert "n³ scaling" in rep["extrapolation"]["svd:big"]
+    assert run.naive_seconds({"complete": False, "wall_s": 10.0, "work_s": 5.0,
+                              "extrapolated_work_s": 25.0}) == (30.0, True)
+
+
+def test_registry_skips_missing_probes():
+    ok, notes = run.available(["adjacent", "no_such_probe"])
+    assert ok == ["adjacent"] and "no_such_probe" in notes
+
+
+def test_run_prints_the_table(tiny_ckpt, capsys, tmp_path):
+    """The parent in this process; its cold and warm children are real subprocesses."""
+    out_json = tmp_path / "bench.json"
+    assert run.main([str(tiny_ckpt), "--probes", "adjacent,not_a_probe", "--skip-naive",
+                     "--threads", "1", "--quick", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "| probe" in out and "| adjacent" in out
+    assert "not_a_probe" in out  # skipped with a note
+    assert "error" not in out.split("| probe", 1)[1]
+    report = json.loads(out_json.read_text())
+    row = report["rows"][0]
+    assert row["cold"]["misses"] == 1 and row["cold"]["hits"] == 0
+    assert row["warm"]["hits"] == 1 and row["warm"]["misses"] == 0  # fresh process, cache hit
+    assert row["cold"]["maxrss_gb"] > 0
