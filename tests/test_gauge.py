@@ -1,0 +1,315 @@
+"""Gauge alignment (probes/gauge.py): known answers, dense float64 identities, the null, the
+claims' statistics, and the planted model against its random twin."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from probes import gauge
+from probes.errors import NotApplicable
+from probes.evidence import decide
+from probes.models.base import INTERNAL_SIDE, PROJECTIONS
+from probes.phases import default_phases
+
+SHAPES = {"q_proj": (48, 32), "k_proj": (16, 32), "v_proj": (16, 32), "o_proj": (32, 48),
+          "gate_proj": (80, 32), "up_proj": (80, 32), "down_proj": (32, 80)}
+
+
+def haar(n: int, rng) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((n, n)))
+    return q * np.sign(np.diag(r))
+
+
+def random_layer(rng, shapes=SHAPES) -> dict[str, np.ndarray]:
+    return {f: rng.standard_normal(s) for f, s in shapes.items()}
+
+
+def internal_rotation(w: np.ndarray, family: str, rng) -> np.ndarray:
+    """An exact orthogonal move of the family's internal side (rows: R W, cols: W Rᵀ)."""
+    if INTERNAL_SIDE[family] == "rows":
+        return haar(w.shape[0], rng) @ w
+    return w @ haar(w.shape[1], rng).T
+
+
+def permute_neurons(layer: dict, perm: np.ndarray) -> dict:
+    out = dict(layer)
+    out["gate_proj"] = layer["gate_proj"][perm]
+    out["up_proj"] = layer["up_proj"][perm]
+    out["down_proj"] = layer["down_proj"][:, perm]
+    return out
+
+
+# -- closed forms against dense float64 ------------------------------------------------------
+matrix_shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=matrix_shapes, seed=st.integers(0, 2**31 - 1), scale=st.floats(1e-3, 1e3))
+def test_aligned_cos_is_max_over_rotations_and_bounds_raw(shape, seed, scale):
+    """‖B Aᵀ‖_*/(‖A‖‖B‖) equals the SVD of the full n×n product, is ≥ |raw cos| and ≤ 1, and is
+    attained by the Procrustes rotation R = U Vᵀ of B Aᵀ."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(shape) * scale
+    b = rng.standard_normal(shape) + 0.3 * a / scale
+    aligned = gauge.orthogonal_aligned_cos(a, b)
+    den = np.linalg.norm(a) * np.linalg.norm(b)
+    dense = np.linalg.svd(b @ a.T, compute_uv=False).sum() / den
+    assert aligned == pytest.approx(dense, rel=1e-7, abs=1e-9)
+    raw = float(np.vdot(a, b) / den)
+    assert aligned >= abs(raw) - 1e-9
+    assert aligned <= 1 + 1e-9
+    u, _, vt = np.linalg.svd(b @ a.T)
+    r = u @ vt  # maximiser of ⟨R A, B⟩ over O(n)
+    assert np.vdot(r @ a, b) / den == pytest.approx(aligned, rel=1e-7, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), m=st.integers(1, 12), seed=st.integers(0, 2**31 - 1))
+def test_compact_factor_keeps_every_residual_side_product(n, m, seed):
+    """Cᵀ C = Aᵀ A, and ‖A M Bᵀ‖_* = ‖C_A M C_Bᵀ‖_* for any M on the residual side."""
+    rng = np.random.default_rng(seed)
+    a, b, mm = rng.standard_normal((n, m)), rng.standard_normal((n, m)), rng.standard_normal((m, m))
+    ca, cb = gauge.compact_factor(a), gauge.compact_factor(b)
+    assert ca.shape == (min(n, m), m)
+    np.testing.assert_allclose(ca.T @ ca, a.T @ a, atol=1e-9 * (1 + np.abs(a.T @ a).max()))
+    full = np.linalg.svd(a @ mm @ b.T, compute_uv=False).sum()
+    assert gauge.nuclear_norms(ca @ mm @ cb.T) == pytest.approx(full, rel=1e-7, abs=1e-9)
+
+
+def test_probe_path_in_float32_matches_the_float64_reference():
+    """orthogonal_alignment (float32 Gram + ssyevr) against dense float64 SVDs of C_B S C_Aᵀ."""
+    rng = np.random.default_rng(12)
+    for n, m in [(300, 200), (64, 200), (200, 200)]:
+        # a trained-like spectrum: singular values spread over three decades
+        u, _ = np.linalg.qr(rng.standard_normal((n, min(n, m))))
+        v, _ = np.linalg.qr(rng.standard_normal((m, min(n, m))))
+        a = (u * np.logspace(0, -3, min(n, m))) @ v.T
+        b = rng.standard_normal((n, m)) + a
+        ca, cb = gauge.compact_factor(a), gauge.compact_factor(b)
+        perms, signs = gauge.signed_permutations(m, 3, np.random.default_rng(1))
+        obs, null = gauge.orthogonal_alignment(ca, cb, np.linalg.norm(a), np.linalg.norm(b),
+                                               perms, signs)
+        assert obs == pytest.approx(gauge.orthogonal_aligned_cos(a, b), rel=2e-5)
+        for d in range(3):
+            ref = gauge.orthogonal_aligned_cos(a, gauge.scramble_residual(b, perms[d], signs[d]))
+            assert null[d] == pytest.approx(ref, rel=2e-5)
+
+
+def test_nuclear_norms_batched_matches_svd():
+    rng = np.random.default_rng(0)
+    for shape in [(5, 7, 3), (4, 3, 9), (2, 64, 64)]:
+        x = rng.standard_normal(shape)
+        np.testing.assert_allclose(gauge.nuclear_norms(x),
+                                   np.linalg.svd(x, compute_uv=False).sum(-1), rtol=1e-9)
+
+
+# -- known answers through the probe ---------------------------------------------------------
+def test_internal_rotation_aligns_to_one_and_raw_does_not():
+    rng = np.random.default_rng(1)
+    a = random_layer(rng)
+    b = {f: internal_rotation(w, f, rng) for f, w in a.items()}
+    res = gauge.compute_from_layers([a, b], draws=4, seed=0)
+    for f in PROJECTIONS:
+        ff = gauge.family_fields(res, f)
+        assert ff["orth_aligned_cos"][0] == pytest.approx(1.0, abs=1e-5), f  # float32 path
+        assert abs(ff["raw_cos"][0]) < 0.5, f
+        assert ff["orth_null_aligned_mean"][0] < 0.99, f  # the null does not reach the copy
+
+
+def test_permuted_mlp_neurons_align_to_one_by_permutation():
+    rng = np.random.default_rng(2)
+    a = random_layer(rng)
+    perm = rng.permutation(SHAPES["gate_proj"][0])
+    b = permute_neurons(a, perm)
+    res = gauge.compute_from_layers([a, b], draws=4, seed=0)
+    assert res["assignment"] == "exact"
+    for f in gauge.MLP_FAMILIES:
+        ff = gauge.family_fields(res, f)
+        assert ff["gauge"] == "permutation"
+        assert ff["aligned_cos"][0] == pytest.approx(1.0, abs=1e-6), f  # float32
+        assert abs(ff["raw_cos"][0]) < 0.3, f
+        assert ff["null_aligned_mean"][0] < 0.6, f
+    # the matching itself: neuron i of L is neuron inv[i] of L' (b[inv[i]] = a[i])
+    inv = np.argsort(perm)
+    got, method = gauge.match_neurons(gauge.neuron_matrix(
+        {f: gauge.internal_major(a[f], f) for f in gauge.MLP_FAMILIES}) @ gauge.neuron_matrix(
+        {f: gauge.internal_major(b[f], f) for f in gauge.MLP_FAMILIES}).T)
+    assert method == "exact" and np.array_equal(got, inv)
+
+
+def test_independent_pair_aligns_within_three_sd_of_its_null():
+    rng = np.random.default_rng(3)
+    draws = 16
+    res = gauge.compute_from_layers([random_layer(rng), random_layer(rng)], draws=draws, seed=5,
+                                    perm_draws=draws)
+    for f in PROJECTIONS:
+        ff = gauge.family_fields(res, f)
+        for pre in ("", "orth_"):
+            sd = ff[f"{pre}null_aligned_sd"][0] * math.sqrt(1 + 1 / draws)
+            assert sd > 0
+            assert abs(ff[f"{pre}excess"][0]) <= 3 * sd, (f, pre, ff[f"{pre}excess"][0], sd)
+
+
+def test_aligned_is_invariant_to_a_common_residual_rotation_and_internal_moves():
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((40, 24)), rng.standard_normal((40, 24))
+    q = haar(24, rng)
+    base = gauge.orthogonal_aligned_cos(a, b)
+    assert gauge.orthogonal_aligned_cos(a @ q, b @ q) == pytest.approx(base, rel=1e-10)
+    assert gauge.orthogonal_aligned_cos(haar(40, rng) @ a, haar(40, rng) @ b) == \
+        pytest.approx(base, rel=1e-10)
+
+
+def test_null_keeps_the_spectrum_and_is_seeded():
+    rng = np.random.default_rng(5)
+    b = rng.standard_normal((20, 12))
+    perms, signs = gauge.signed_permutations(12, 3, np.random.default_rng(0))
+    for p, s in zip(perms, signs):
+        assert sorted(p) == list(range(12)) and set(np.unique(s)) <= {-1.0, 1.0}
+        np.testing.assert_allclose(np.linalg.svd(gauge.scramble_residual(b, p, s), compute_uv=False),
+                                   np.linalg.svd(b, compute_uv=False), rtol=1e-10)
+    layers = [random_layer(np.random.default_rng(k)) for k in range(3)]
+    r1 = gauge.compute_from_layers(layers, draws=3, seed=7)
+    r2 = gauge.compute_from_layers(layers, draws=3, seed=7)
+    r3 = gauge.compute_from_layers(layers, draws=3, seed=8)
+    np.testing.assert_array_equal(r1["q_proj.orth_null"], r2["q_proj.orth_null"])
+    assert not np.array_equal(r1["q_proj.orth_null"], r3["q_proj.orth_null"])
+    assert list(r1["pairs"]) == [0, 1] and r1["q_proj.orth_null"].shape == (2, 3)
+
+
+def test_assignment_is_optimal_against_brute_force():
+    rng = np.random.default_rng(6)
+    for n in (2, 4, 6):
+        sim = rng.standard_normal((n, n))
+        perm, method = gauge.match_neurons(sim)
+        best = max(itertools.permutations(range(n)), key=lambda p: sim[range(n), p].sum())
+        assert sim[range(n), perm].sum() == pytest.approx(sim[range(n), best].sum())
+
+
+def test_approximate_assignment_above_the_exact_limit(monkeypatch):
+    monkeypatch.setattr(gauge, "EXACT_ASSIGNMENT_MAX", 30)
+    monkeypatch.setattr(gauge, "APPROX_CORE", 16)
+    rng = np.random.default_rng(7)
+    a = random_layer(rng)
+    perm = rng.permutation(SHAPES["gate_proj"][0])
+    res = gauge.compute_from_layers([a, permute_neurons(a, perm)], draws=2, seed=0)
+    assert res["assignment"] == f"approx:rp{gauge.RP_DIM}+topnorm16+greedy"
+    for f in gauge.MLP_FAMILIES:  # a clean permuted copy is still recovered exactly
+        assert gauge.family_fields(res, f)["aligned_cos"][0] == pytest.approx(1.0, abs=1e-6)
+    sim = rng.standard_normal((50, 50))
+    p, method = gauge.match_neurons(sim, rng.random(50), rng.random(50))
+    assert method.startswith("approx:") and sorted(p) == list(range(50))
+
+
+def test_zero_norm_layer_gives_nan_and_claims_are_not_applicable():
+    rng = np.random.default_rng(8)
+    layers = [random_layer(rng) for _ in range(4)]
+    layers[2]["q_proj"] = np.zeros(SHAPES["q_proj"])
+    res = gauge.compute_from_layers(layers, draws=2, seed=0)
+    raw = res["q_proj.raw_cos"]
+    assert np.isnan(raw[1]) and np.isnan(raw[2]) and np.isfinite(raw[0])
+    phases = {"C": [0, 1, 2], "E": [3]}
+    with pytest.raises(NotApplicable):
+        gauge.excess_equivalence(res, phases, "C", "q_proj", 0.02)
+
+
+# -- tables and statistics --------------------------------------------------------------------
+def test_phase_delta_table_is_the_mean_of_aligned_minus_raw_per_phase():
+    rng = np.random.default_rng(9)
+    layers = [random_layer(rng) for _ in range(6)]
+    res = gauge.compute_from_layers(layers, draws=2, seed=0)
+    phases = {"C": [0, 1, 2], "E": [3, 4, 5]}
+    table = gauge.phase_delta_table(res, phases)
+    assert list(table.columns) == list(PROJECTIONS) and list(table.index) == ["C", "E"]
+    for f in PROJECTIONS:
+        ff = gauge.family_fields(res, f)
+        d = ff["aligned_cos"] - ff["raw_cos"]
+        assert table.loc["C", f] == pytest.approx(d[[0, 1]].mean())
+        assert table.loc["E", f] == pytest.approx(d[[3, 4]].mean())
+    df = gauge.pair_table(res, "o_proj", phases)
+    assert list(df.index) == [0, 1, 2, 3, 4] and df.loc[2, "phase"] == "C|E"
+
+
+def test_label_permutation_test_exact_and_monte_carlo():
+    hi, lo = np.array([5.0, 6.0, 7.0]), np.array([0.0, 1.0, 2.0, 1.5])
+    t = gauge.permutation_test(hi, lo)
+    assert t["exact"] and t["null"].size == math.comb(7, 3)
+    assert t["p"] == pytest.approx(1 / 35)
+    assert t["null"].mean() == pytest.approx(0.0, abs=1e-12)
+    t_rev = gauge.permutation_test(lo[:3], np.concatenate([hi, lo[3:]]))
+    assert t_rev["p"] > 0.9
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(15), rng.standard_normal(15)
+    mc = gauge.permutation_test(x, y, seed=3)
+    assert not mc["exact"] and mc["null"].size == gauge.PERMUTATION_TEST_DRAWS
+    assert mc["p"] == gauge.permutation_test(x, y, seed=3)["p"]
+
+
+def test_e_exceeds_c_needs_phase_e():
+    rng = np.random.default_rng(10)
+    res = gauge.compute_from_layers([random_layer(rng) for _ in range(4)], draws=2, seed=0)
+    with pytest.raises(NotApplicable, match="no phase E"):
+        gauge.e_exceeds_c(res, {"C": [0, 1], "D": [2, 3]}, "q_proj")
+    assert "E" not in default_phases(36)  # the Qwen3-4B map: the claim is N/A there
+
+
+def test_excess_equivalence_uses_tost_within_margin():
+    rng = np.random.default_rng(11)
+    res = gauge.compute_from_layers([random_layer(rng) for _ in range(8)], draws=8, seed=0)
+    phases = {"C": list(range(8))}
+    ev = gauge.excess_equivalence(res, phases, "C", "q_proj", 0.5)
+    assert ev.extra["pairs"] == 7 and ev.ci[0] < ev.effect < ev.ci[1]
+    assert ev.effect == pytest.approx(ev.observed - ev.null_mean)
+    assert ev.p < 0.05  # |excess| ≈ 0 ± 0.01 is well inside ±0.5
+    tight = gauge.excess_equivalence(res, phases, "C", "q_proj", 1e-6)
+    assert tight.p > 0.4
+
+
+# -- planted model and its random twin (SPEC §9) ----------------------------------------------
+@pytest.fixture(scope="module")
+def planted_results():
+    from probes.models import open_model
+    out = {}
+    for spec in ("synthetic:planted-gauge", "random:synthetic:planted-gauge"):
+        model = open_model(spec)
+        out[spec] = (gauge.compute(model), default_phases(model.layout.num_layers))
+    return out
+
+
+def test_planted_gauge_supports_e_exceeds_c_and_twin_does_not(planted_results):
+    from hypotheses.test_aligned_delta_e_exceeds_c import CLAIM
+    res, phases = planted_results["synthetic:planted-gauge"]
+    twin, twin_phases = planted_results["random:synthetic:planted-gauge"]
+    assert res["assignment"] == "exact"
+    for f in PROJECTIONS:
+        ev = gauge.e_exceeds_c(res, phases, f)
+        assert decide(CLAIM, ev, 0.05).verdict == "SUPPORTED", (f, ev)
+        assert ev.extra["raw_delta_p"] <= 0.05
+        ev_twin = gauge.e_exceeds_c(twin, twin_phases, f)
+        assert decide(CLAIM, ev_twin, 0.05).verdict != "SUPPORTED", (f, ev_twin)
+
+
+def test_planted_gauge_equivalence_refuted_in_e_supported_in_c(planted_results):
+    from hypotheses.test_gauge_delta_null import CLAIM, EPSILON
+    res, phases = planted_results["synthetic:planted-gauge"]
+    for f in PROJECTIONS:
+        assert decide(CLAIM, gauge.excess_equivalence(res, phases, "E", f, EPSILON),
+                      0.05).verdict == "REFUTED", f
+        assert decide(CLAIM, gauge.excess_equivalence(res, phases, "C", f, EPSILON),
+                      0.05).verdict == "SUPPORTED", f
+
+
+def test_threads_do_not_change_the_result():
+    layers = [random_layer(np.random.default_rng(k)) for k in range(3)]
+    one = gauge.compute_from_layers(layers, draws=3, seed=1, threads=1)
+    two = gauge.compute_from_layers(layers, draws=3, seed=1, threads=2)
+    assert one["families"] == two["families"] == list(PROJECTIONS)
+    for key, value in one.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, two[key], err_msg=key)
