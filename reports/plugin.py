@@ -113,7 +113,7 @@ def _record_na(item, reason: str):
 
 def _attach(item, rec):
     item.user_properties.append((RECORD_KEY, rec))
-    model = item.funcargs.get("model") if hasattr(item, "funcargs") else None
+    model = _item_model(item)
     if model is not None:
         info = dict(model.describe())
         info["role"] = rec["role"]
@@ -121,9 +121,20 @@ def _attach(item, rec):
         item.user_properties.append((MODEL_KEY, info))
 
 
+def _item_model(item):
+    """The item's Model: from its fixtures, or (when a fixture failed during setup, before
+    they were filled in) from its ``model`` parameter."""
+    model = getattr(item, "funcargs", {}).get("model")
+    if model is None:
+        spec = getattr(getattr(item, "callspec", None), "params", {}).get("model")
+        if spec is not None:
+            model = get_session(item.config).model(spec)
+    return model
+
+
 def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) -> dict:
     params = getattr(getattr(item, "callspec", None), "params", {})
-    model = item.funcargs.get("model")
+    model = _item_model(item)
     is_twin = bool(model is not None and model.is_twin and model.spec not in get_session(item.config).specs)
     rec = {
         "claim": claim.id, "statement": claim.statement, "statistic": claim.statistic,

@@ -174,3 +174,11 @@ def test_weight_claims_run_on_every_supported_architecture(tmp_path):
     assert {"pre_ff_ln", "post_ff_ln", "q_norm"} <= families["synthetic:tiny-gemma3"]
     assert "q_norm" not in families["synthetic:tiny-llama"]
     assert all(r["twin"] is None for r in doc["records"])
+
+
+def test_gauge_claims_are_na_above_the_cpu_size_limit(tmp_path):
+    res = run_pytest(["hypotheses/test_gauge_delta_null.py", "--model=synthetic:tiny-llama",
+                      "--no-twin", "--gauge-max-hidden=32", "-rs"], tmp_path / "c", tmp_path / "r")
+    doc = records(tmp_path / "r")
+    assert doc["records"] and all(r["verdict"] == "N/A" for r in doc["records"])
+    assert "hidden 64 > --gauge-max-hidden 32" in doc["records"][0]["reason"], res.stdout[-2000:]
