@@ -84,20 +84,22 @@ def verdict(request) -> Verdict:
     return Verdict(request)
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_pyfunc_call(pyfuncitem):
-    try:
-        return (yield)
-    except NotApplicable as e:
-        _record_na(pyfuncitem, str(e))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _catch_not_applicable(item):
+    """Wrapper body: NotApplicable raised by the test or one of its fixtures records N/A."""
     try:
         return (yield)
     except NotApplicable as e:
         _record_na(item, str(e))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    return (yield from _catch_not_applicable(pyfuncitem))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _catch_not_applicable(item))
 
 
 def _record_na(item, reason: str):

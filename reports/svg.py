@@ -71,12 +71,13 @@ def _padded_range(values: Sequence[float]) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _segments(xs, ys) -> list[list[tuple[float, float]]]:
-    """Split a polyline at missing values."""
+def _segments(xs, *series) -> list[list[tuple]]:
+    """Split a polyline (or band: several y series) into runs where every value is present:
+    tuples (x, y1, y2, ...)."""
     segs, cur = [], []
-    for x, y in zip(xs, ys):
-        if is_num(y):
-            cur.append((x, y))
+    for x, *ys in zip(xs, *series):
+        if all(is_num(y) for y in ys):
+            cur.append((x, *ys))
         elif cur:
             segs.append(cur)
             cur = []
@@ -152,7 +153,7 @@ def profile_svg(layers: Sequence[int], values: Sequence[float | None], *,
                    f'{escape(_clip(ylabel, 40))}</text>')
     # null band and line
     if null_lo is not None and null_hi is not None:
-        for seg in _band_segments(layers, null_lo, null_hi):
+        for seg in _segments(layers, null_lo, null_hi):
             upper = [(sx(x), sy(h)) for x, _, h in seg]
             lower = [(sx(x), sy(lo)) for x, lo, _ in reversed(seg)]
             out.append(f'<polygon class="null-band" points="{_pts(upper + lower)}" '
@@ -174,19 +175,6 @@ def profile_svg(layers: Sequence[int], values: Sequence[float | None], *,
             out.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="1.7" fill="{LINE}"/>' for x, y in pts)
     out.append("</svg>")
     return "".join(out)
-
-
-def _band_segments(xs, lo, hi):
-    segs, cur = [], []
-    for x, a, b in zip(xs, lo, hi):
-        if is_num(a) and is_num(b):
-            cur.append((x, a, b))
-        elif cur:
-            segs.append(cur)
-            cur = []
-    if cur:
-        segs.append(cur)
-    return segs
 
 
 def _clip(text: str, n: int) -> str:

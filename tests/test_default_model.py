@@ -80,3 +80,34 @@ def test_projection_families_sit_at_their_null(default_report):
         else:
             # norm gains: high raw cos, and the permutation null explains most of it
             assert rec["observed"] > 0.6 and rec["null"]["mean"] / rec["observed"] > 0.85
+
+
+def test_two_model_run_renders_a_self_contained_report(tmp_path):
+    """A real run on the default model and a synthetic one: the HTML has no external
+    references, one matrix cell per claim × model and one profile plot per record with one."""
+    import re
+
+    from reports import summary as S
+    from reports.api import load_report
+    from tests.test_report_render import parse
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "pytest", "hypotheses/test_adjacent_far_from_null.py",
+           "hypotheses/test_scale_schedule_low_dim.py", "hypotheses/test_qk_sym_positive.py",
+           "--model=smollm2-135m", "--model=synthetic:planted-heads", "--no-twin",
+           "-p", "no:cacheprovider", "-q", f"--report-dir={out}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    doc = json.loads((out / "verdicts.json").read_text())
+    page = (out / "verdicts.html").read_text()
+    assert not re.search(r"https?:", page, re.I) and "url(" not in page
+    parsed = parse(page)
+    assert parsed.errors == []
+    cells = {(a["data-claim"], a["data-model"]) for tag, a in parsed.tags
+             if tag == "td" and "cell" in a.get("class", "").split()}
+    claims = {r["claim"] for r in doc["records"]}
+    assert claims == {"adjacent-far-from-null", "scale-schedule-low-dim", "qk-sym-positive"}
+    assert cells == {(c, m) for c in claims for m in ("smollm2-135m", "synthetic:planted-heads")}
+    assert {c.id for c in S.claims(doc)} == claims
+    with_profile = sum(r["profile"] is not None for r in doc["records"])
+    assert with_profile > 0 and page.count('<svg class="profile"') == with_profile
+    assert len(load_report(out)) == len(doc["records"])
