@@ -42,7 +42,7 @@ def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
         stop = min(rows, start + chunk_rows)
         x = buf[:, : (stop - start) * row_len]
         for layer in range(num_layers):
-            x[layer].copy_(model.weight_rows(layer, family, start, stop).reshape(-1))
+            model.read_rows_into(layer, family, start, stop, x[layer])
         g, s_ = _blocked_gram_and_sums(x)
         gram += g
         sums += s_

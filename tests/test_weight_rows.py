@@ -1,5 +1,6 @@
 """Sliced reads (what the weight-Gram pass streams) equal slices of full reads, for every
-kind of backing: synthetic dict, safetensors dir (incl. fused tensors), gemma norms, random twin."""
+kind of backing: synthetic dict, safetensors dir (incl. fused tensors, bf16 storage converted
+straight into the caller's buffer), gemma norms, random twin."""
 
 import pytest
 import torch
@@ -9,12 +10,24 @@ from probes.models.checkpoint import write_checkpoint
 from probes.synthetic import get
 
 
+def rows_into(model, layer, fam, a, b):
+    """``read_rows_into`` a buffer that starts poisoned, so rows it fails to write show."""
+    rows = model.shape(layer, fam)[0]
+    n = (min(b, rows) - a) * (model.weight(layer, fam)[0].numel() if len(model.shape(layer, fam)) > 1 else 1)
+    out = torch.full((n,), float("nan"))
+    assert model.read_rows_into(layer, fam, a, b, out) is out
+    return out
+
+
 @pytest.mark.parametrize("spec", ["synthetic:tiny-llama", "synthetic:tiny-gemma3",
-                                  "random:synthetic:tiny-qwen3", "dir"])
+                                  "random:synthetic:tiny-qwen3", "dir", "gemma3-bf16-dir"])
 def test_weight_rows_equal_full_read_slices(spec, tmp_path):
     if spec == "dir":
         write_checkpoint(get("tiny-qwen2"), tmp_path / "m", shards=2)
         spec = str(tmp_path / "m")
+    elif spec == "gemma3-bf16-dir":  # bf16 storage and gemma's 1 + w norms on the direct path
+        write_checkpoint(get("tiny-gemma3"), tmp_path / "g", shards=2, dtype=torch.bfloat16)
+        spec = str(tmp_path / "g")
     model = open_model(spec)
     for fam in model.families:
         full = model.weight(2, fam)
@@ -22,6 +35,7 @@ def test_weight_rows_equal_full_read_slices(spec, tmp_path):
         rows = full.shape[0]
         for a, b in ((0, 1), (3, rows // 2), (rows - 2, rows + 5)):
             assert torch.equal(model.weight_rows(2, fam, a, b), full[a:b])
+            assert torch.equal(rows_into(model, 2, fam, a, b), full[a:b].reshape(-1))
 
 
 def test_weight_rows_of_fused_tensors(tmp_path):
@@ -39,6 +53,7 @@ def test_weight_rows_of_fused_tensors(tmp_path):
     for fam in ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"):
         assert fused.shape(1, fam) == plain.shape(1, fam)
         assert torch.equal(fused.weight_rows(1, fam, 5, 20), plain.weight(1, fam)[5:20])
+        assert torch.equal(rows_into(fused, 1, fam, 5, 20), plain.weight(1, fam)[5:20].reshape(-1))
 
 
 def test_random_row_blocks_compose_to_the_full_draw():

@@ -91,6 +91,14 @@ class Model:
         w = self.weight(layer, family)
         return None if w is None else w[start:stop]
 
+    def read_rows_into(self, layer: int, family: str, start: int, stop: int,
+                       out: torch.Tensor) -> torch.Tensor:
+        """Write rows ``start:stop`` of :meth:`weight` into the float32 tensor ``out`` (same
+        number of elements) and return it. Sources that can convert straight from storage into
+        ``out`` override this (one pass instead of read, convert, copy); the default copies
+        :meth:`weight_rows`."""
+        return out.copy_(self.weight_rows(layer, family, start, stop).reshape(out.shape))
+
     def layer_weights(self, layer: int, families) -> dict[str, torch.Tensor]:
         """The families present in ``layer``, one read each."""
         out = {}

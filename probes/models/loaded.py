@@ -57,6 +57,19 @@ class LoadedModel(Model):
         a, b = ref.stored_rows(start, stop)
         return ref.finish(self.source.get_rows(ref.name, a, b))
 
+    def read_rows_into(self, layer: int, family: str, start: int, stop: int,
+                       out: torch.Tensor) -> torch.Tensor:
+        ref = self.adapter.ref(layer, family)
+        copy_rows = getattr(self.source, "copy_rows", None)
+        if ref is None or copy_rows is None:
+            return super().read_rows_into(layer, family, start, stop, out)
+        rows = self.shape(layer, family)[0]
+        a, b = ref.stored_rows(max(0, start), min(stop, rows))
+        copy_rows(ref.name, a, b, out)      # converted to float32 on the way in
+        if ref.plus_one:                    # what TensorRef.finish does after its copy
+            out += 1.0
+        return out
+
     def tensor_names(self) -> list[str]:
         """Every stored tensor name (HF names), sorted."""
         return sorted(self.source.names())
