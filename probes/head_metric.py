@@ -62,19 +62,24 @@ Memory and time (the streaming plan): weights are read layer by layer with ``Mod
 The L ≤ L' Gram is computed in blocks: a block of ``b`` layers' q/k (float32, head-major) stays
 resident while every later layer is streamed past it once; ``b`` is the largest number of layers
 whose q+k fit in ``block_mb`` (default 512 MiB). Peak memory ≈ ``block_mb`` + one streamed layer
-+ one layer's q/k in float64 (per-layer spectra) + the ``(H·hd)²`` float32 adjacent head × head
-product; on Qwen3-4B shapes (36 layers, hidden 2560, 32 heads, 8 kv heads, hd 128: 50 MiB of
-q+k per layer) that is 10 layers per block, 4 blocks, 84 layer reads, and a measured peak RSS
-of 1.19 GB for the whole process (Python and torch included).
-Arithmetic: the Gram costs ``L(L+1)/2 · 2·(H + KV)·hd²·hidden`` flops (2.2 TFLOP on Qwen3-4B)
-and the adjacent head × head matrices ``(L−1)·2·(H² + KV²)·hd²·hidden`` (3.2 TFLOP): the
-cross-layer matmuls run in ``gram_dtype`` (float32 by default, TF32 disabled on GPU; relative
-error ~1e-6 of ‖g‖‖g'‖) and their elementwise product-sums in float64; the per-layer quantities
-(‖g‖², spectra) are float64 throughout.
++ one layer's q/k in float64 (per-layer spectra) + a ``chunk``-column slice of the adjacent
+head × head product; on Qwen3-4B shapes (36 layers, hidden 2560, 32 heads, 8 kv heads, hd 128:
+50 MiB of q+k per layer) that is 10 layers per block, 4 blocks, 84 layer reads, and a measured
+peak of 1.3 GB anonymous memory for the whole process (Python and torch included).
+``gram_pairs="adjacent"`` instead reads each layer once and holds two.
+Arithmetic: the all-pairs Gram costs ``L(L+1)/2 · 2·(H + KV)·hd²·hidden`` flops (2.2 TFLOP on
+Qwen3-4B; it is the floor for exact all-pairs inner products of these factors: each pair needs
+the ``hd × hd`` products of both sides), the adjacent head × head matrices
+``(L−1)·2·(KV² + H·KV)·hd²·hidden`` (0.9 TFLOP; see :func:`cross_head_inner`), the per-layer
+spectra ``L·2·(2H + KV)·hd²·hidden`` in float64 (0.2 TFLOP) plus batched ``hd``/``2·hd``-sized
+SVDs and eigensolves. The cross-layer matmuls run in ``gram_dtype`` (float32 by default, TF32
+disabled on GPU; relative error ~1e-8–1e-6 of ‖g‖‖g'‖) and their product-sums over ``hd`` rows in
+float64; the per-layer quantities (‖g‖², spectra) are float64 throughout.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 from itertools import product as _product
 from typing import Mapping
@@ -152,20 +157,36 @@ def metric_inner(q_a, k_a, q_b, k_b, out_dtype=torch.float64) -> torch.Tensor:
     return block_inner(q_a.unsqueeze(1), k_a.unsqueeze(1), q_b, k_b, out_dtype)[0]
 
 
-def cross_head_inner(q_a, k_a, q_b, k_b, out_dtype=torch.float64) -> torch.Tensor:
+def cross_head_inner(q_a, k_a, q_b, k_b, out_dtype=torch.float64,
+                     chunk: int = 256) -> torch.Tensor:
     """``⟨g_a,h, g_b,h'⟩`` for every pair of heads of two layers → ``[H, H]`` (row h of layer a,
-    column h' of layer b). One ``(H·hd)² · n`` matmul for Q, one ``(KV·hd)² · n`` for K; the
-    product-sum runs in ``out_dtype``, one kv group of rows at a time to bound memory."""
+    column h' of layer b).
+
+    With ``B = W_K,a,κ W_K,b,κ'ᵀ`` (κ, κ' the kv heads of h, h'; all of them in one
+    ``(KV·hd)² · n`` matmul), ``⟨g_a,h, g_b,h'⟩ = Σ B ∘ (W_Q,a,h W_Q,b,h'ᵀ) = ⟨Bᵀ W_Q,a,h, W_Q,b,h'⟩_F``.
+    ``T = Bᵀ W_Q,a,h`` (``hd × n``) depends on h and κ' only, so it is formed ``H·KV`` times
+    (``2·H·KV·hd²·n`` flops) and each entry is then one ``hd·n`` dot product, instead of the
+    ``2·(H·hd)²·n`` of forming every ``W_Q,a,h W_Q,b,h'ᵀ``: ``H/KV`` times fewer flops (4× on
+    Qwen3-4B, 8× on Qwen3-32B). T is formed ``chunk`` hidden columns at a time so it stays in
+    cache (whole, its writes made the product memory-bound: 2× slower on CPU); the dots are
+    summed over columns in the weights' dtype per (kv head, row of T) — ≤ ``chunk`` terms per
+    chunk — and over rows of T in ``out_dtype``.
+    """
     h, hd, n = q_a.shape
     kv = k_a.shape[0]
     g = _group(q_a, k_a)
-    qq = q_a.reshape(h * hd, n) @ q_b.reshape(h * hd, n).T          # [H·hd, H·hd]
-    kk = k_a.reshape(kv * hd, n) @ k_b.reshape(kv * hd, n).T        # [KV·hd, KV·hd]
-    qq = qq.view(kv, g, hd, kv, g, hd)
-    kk = kk.view(kv, hd, kv, hd)
+    kk = (k_a.reshape(kv * hd, n) @ k_b.reshape(kv * hd, n).T).view(kv, hd, kv * hd)
+    q_a = q_a.reshape(kv, g, hd, n)
+    # [KV'·hd, n, g']: one copy, so each chunk of columns below is a view
+    q_b = q_b.reshape(kv, g, hd, n).permute(0, 2, 3, 1).reshape(kv * hd, n, g)
     out = torch.empty(kv, g, kv, g, dtype=out_dtype, device=q_a.device)
-    for a in range(kv):  # rows of kv group a: [g, hd, KV, g, hd] * [hd, KV, 1, hd]
-        out[a] = (qq[a].to(out_dtype) * kk[a].to(out_dtype).unsqueeze(2)).sum(dim=(1, 4))
+    for kappa in range(kv):                                           # kv head of the rows h
+        b_t = kk[kappa].T.contiguous()                                # [KV'·hd, hd]: Bᵀ, all κ'
+        acc = torch.zeros(kv * hd, g, g, dtype=q_a.dtype, device=q_a.device)
+        for s in range(0, n, chunk):
+            t = torch.matmul(b_t, q_a[kappa, :, :, s:s + chunk])     # [g, KV'·hd, c]: T
+            acc += torch.bmm(t.transpose(0, 1), q_b[:, s:s + chunk])  # [KV'·hd, g, g']
+        out[kappa] = acc.to(out_dtype).view(kv, hd, g, g).sum(1).transpose(0, 1)
     return out.reshape(h, h)
 
 
@@ -229,12 +250,20 @@ def r_factor(rows: torch.Tensor, gram: torch.Tensor | None = None,
     return qr_factor(rows, gram, method)[0]
 
 
-def _orth_apply(rows: torch.Tensor, r: torch.Tensor, u: torch.Tensor | None,
-                coeffs: torch.Tensor) -> torch.Tensor:
-    """``U @ coeffs`` for ``rowsᵀ = U R``: ``rowsᵀ (R⁻¹ coeffs)`` when U was not formed."""
+def _orth_vectors(rows: torch.Tensor, r: torch.Tensor, u: torch.Tensor | None,
+                  coeffs: torch.Tensor) -> torch.Tensor:
+    """``(U @ coeffs)ᵀ`` → ``[H, k, n]`` for ``rowsᵀ = U R``, with ``rows [KV, p, n]`` shared by
+    groups of ``H/KV`` consecutive rows of ``r [H, p, p]``, ``u [KV, n, p]`` (or None) and
+    ``coeffs [H, p, k]``. Without U it is ``(R⁻¹ coeffs)ᵀ rows``: one contiguous ``[g·k, p]·[p, n]``
+    product per kv head (the strided ``rowsᵀ·[p, k]`` form ran at ~1 GFLOP/s on CPU, 0.3 s of each
+    Qwen3-4B layer, and indexing rows per head copied them)."""
+    h, p, k = coeffs.shape
+    kv = rows.shape[0]
     if u is not None:
-        return u @ coeffs
-    return rows.transpose(-1, -2) @ torch.linalg.solve_triangular(r, coeffs, upper=True)
+        return (u[kv_index(h, kv).to(u.device)] @ coeffs).transpose(-1, -2)
+    solved = torch.linalg.solve_triangular(r, coeffs, upper=True)          # [H, p, k]
+    solved = solved.reshape(kv, h // kv, p, k).permute(0, 1, 3, 2).reshape(kv, -1, p)
+    return (solved @ rows).reshape(h, k, rows.shape[-1])
 
 
 def layer_spectra(q: torch.Tensor, k: torch.Tensor, topk: int = DEFAULT_TOPK,
@@ -258,41 +287,65 @@ def layer_spectra(q: torch.Tensor, k: torch.Tensor, topk: int = DEFAULT_TOPK,
     p_k_h = p_k[kv_of]
     norm_sq = (p_q * p_k_h).sum(dim=(-1, -2))
     trace = torch.diagonal(c_qk, dim1=-2, dim2=-1).sum(-1)
-
-    # singular values/vectors: g = U_k (R_k R_qᵀ) U_qᵀ
     topk = max(0, min(topk, hd, n))
-    with _small_lapack(q.device):
-        r_q, u_q = qr_factor(q, p_q, method)
-        r_k, u_k = qr_factor(k, p_k, method)
-        r_k, u_k = r_k[kv_of], (None if u_k is None else u_k[kv_of])
-        u, s, vh = torch.linalg.svd(r_k @ r_q.transpose(1, 2))
-    right = _orth_apply(q, r_q, u_q, vh.transpose(1, 2)[..., :topk])
-    left = _orth_apply(k[kv_of], r_k, u_k, u[..., :topk])
-
-    # signed eigenvalues of g + gᵀ: eigvalsh(R J Rᵀ), Xᵀ = W R, X = [W_Q; W_K]
     x_gram = torch.cat([torch.cat([p_q, c_qk], 2),
                         torch.cat([c_qk.transpose(1, 2), p_k_h], 2)], 1)
-    with _small_lapack(q.device):
+
+    def singular():  # g = U_k (R_k R_qᵀ) U_qᵀ: the SVD of the hd × hd core
+        r_q, u_q = qr_factor(q, p_q, method)
+        r_k, u_k = qr_factor(k, p_k, method)
+        u, s, vh = torch.linalg.svd(r_k[kv_of] @ r_q.transpose(1, 2))
+        right = _orth_vectors(q, r_q, u_q, vh.transpose(1, 2)[..., :topk])
+        left = _orth_vectors(k, r_k[kv_of], u_k, u[..., :topk])
+        return s, left, right
+
+    def symmetric():  # eigenvalues of g + gᵀ: eigvalsh(R J Rᵀ), Xᵀ = W R, X = [W_Q; W_K]
         r_x = r_factor(lambda: torch.cat([q, k[kv_of]], 1), x_gram,
                        method if 2 * hd <= n else "householder")
-        eig = torch.linalg.eigvalsh(_jordan_wielandt(r_x, hd)).flip(-1)
+        return torch.linalg.eigvalsh(_jordan_wielandt(r_x, hd)).flip(-1)
+
+    with _small_lapack(q.device) as pool:
+        sv_job, eig_job = pool.submit(singular), pool.submit(symmetric)
+        s, left, right = sv_job.result()
+        eig = eig_job.result()
     return {"norm_sq": norm_sq, "trace": trace, "singular_values": s,
-            "left_vectors": left.transpose(1, 2), "right_vectors": right.transpose(1, 2),
-            "sym_eigenvalues": eig}
+            "left_vectors": left, "right_vectors": right, "sym_eigenvalues": eig}
+
+
+class _Inline:
+    """An executor that runs each job at once, in the caller's thread."""
+
+    @staticmethod
+    def submit(fn, *args):
+        fut = concurrent.futures.Future()
+        try:
+            fut.set_result(fn(*args))
+        except BaseException as exc:  # re-raised by .result(), as a pool's future would
+            fut.set_exception(exc)
+        return fut
+
+
+_LAPACK_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
 @contextlib.contextmanager
 def _small_lapack(device):
-    """Run batched small CPU factorisations (svd, eigvalsh, cholesky, qr of ≤ 2·hd-sized
-    matrices) on one thread: MKL's threaded LAPACK on such sizes gains nothing and, on a busy
-    machine, spins — measured 0.45 s on one thread vs 10-12 s on two for one Qwen3-4B layer."""
-    if torch.device(device).type != "cpu" or torch.get_num_threads() == 1:
-        yield
-        return
+    """An executor for batched small CPU factorisations (svd, eigvalsh, cholesky, qr of
+    ≤ 2·hd-sized matrices), each on one LAPACK thread: MKL's threaded LAPACK on such sizes gains
+    nothing and, on a busy machine, spins (measured 0.45 s on one thread vs 10-12 s on two for
+    one Qwen3-4B layer); instead independent factorisations run side by side in a pool of as many
+    threads as torch had (torch releases the GIL: svd ∥ eigvalsh 0.13 s vs 0.24 s one after
+    the other on 2 cores). Off the CPU, or with one thread, jobs run inline."""
+    global _LAPACK_POOL
     threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu" or threads == 1:
+        yield _Inline()
+        return
+    if _LAPACK_POOL is None or _LAPACK_POOL._max_workers != threads:
+        _LAPACK_POOL = concurrent.futures.ThreadPoolExecutor(threads, "strata-lapack")
     torch.set_num_threads(1)
     try:
-        yield
+        yield _LAPACK_POOL
     finally:
         torch.set_num_threads(threads)
 
@@ -349,27 +402,38 @@ def _exact_matmul(device: str):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+GRAM_PAIRS = ("all", "adjacent")
+
+
 def params(model, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
-           gram_dtype: str = "float32") -> dict:
+           gram_dtype: str = "float32", gram_pairs: str = "all") -> dict:
     """The cache parameters of :func:`compute` (fold resolved against the architecture)."""
+    if gram_pairs not in GRAM_PAIRS:
+        raise ValueError(f"gram_pairs must be one of {GRAM_PAIRS}, not {gram_pairs!r}")
     fold = has_qk_norms(model) if fold_norms is None else bool(fold_norms and has_qk_norms(model))
-    return {"fold_norms": fold, "topk": int(topk), "gram_dtype": gram_dtype}
+    return {"fold_norms": fold, "topk": int(topk), "gram_dtype": gram_dtype,
+            "gram_pairs": gram_pairs}
 
 
 def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
             device: str = "cpu", block_mb: float = DEFAULT_BLOCK_MB,
-            gram_dtype: str = "float32") -> dict:
+            gram_dtype: str = "float32", gram_pairs: str = "all") -> dict:
     """Stream a model's q/k weights once per block and return the head-metric arrays.
 
     Result (numpy): ``gram [L, L, H]`` = ⟨g_L,h, g_L',h⟩ (symmetric; diagonal = ‖g‖², float64);
     ``cross_adjacent [L−1, H, H]`` = ⟨g_L,h, g_L+1,h'⟩; ``trace [L, H]``; ``singular_values
     [L, H, r]``; ``sym_eigenvalues [L, H, m]``; ``left_vectors``/``right_vectors [L, H, k, n]``
     (float32, unit); ``kv_of [H]``; ``fold_norms`` (bool), ``topk``, ``gram_dtype``,
-    ``nonfinite_layers`` (layers whose q/k hold NaN/Inf: their entries are NaN).
+    ``gram_pairs``, ``nonfinite_layers`` (layers whose q/k hold NaN/Inf: their entries are NaN).
+
+    ``gram_pairs="adjacent"`` computes the Gram only on the diagonal and for adjacent layers
+    (the diagonal of ``cross_adjacent``; other entries NaN) in one pass that reads each layer
+    once: the claims need no more, and it skips the ``L(L+1)/2``-pair part that dominates the
+    cost at depth (2.2 of 3.1 TFLOP on Qwen3-4B shapes, ~25 TFLOP on Qwen3-32B).
     See the module docstring for the maths, memory bound and cost.
     """
     lay = model.layout
-    prm = params(model, fold_norms, topk, gram_dtype)
+    prm = params(model, fold_norms, topk, gram_dtype, gram_pairs)
     fold = prm["fold_norms"]
     dt = {"float32": torch.float32, "float64": torch.float64}[gram_dtype]
     n_l, h, kv, hd, n = lay.num_layers, lay.num_heads, lay.num_kv_heads, lay.head_dim, lay.hidden
@@ -386,31 +450,47 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
     right = np.full((n_l, h, kk, n), np.nan, dtype=np.float32)
     bad: set[int] = set()
 
+    checked: set[int] = set()
+
     def load(layer):
         q, k = load_heads(model, layer, fold)
-        if not (torch.isfinite(q).all() and torch.isfinite(k).all()):
-            bad.add(layer)
+        if layer not in checked:  # layers streamed past later blocks are re-read: check once
+            checked.add(layer)
+            if not (torch.isfinite(q).all() and torch.isfinite(k).all()):
+                bad.add(layer)
+        if layer in bad:
             q, k = torch.zeros_like(q), torch.zeros_like(k)
         return q.to(device=device, dtype=dt), k.to(device=device, dtype=dt)
 
     def to_np(t):
         return t.detach().cpu().numpy()
 
+    def put_spectra(layer, q, k):
+        spec = layer_spectra(q, k, kk)
+        gram[layer, layer] = to_np(spec["norm_sq"])
+        trace[layer] = to_np(spec["trace"])
+        svals[layer] = to_np(spec["singular_values"])
+        eigs[layer] = to_np(spec["sym_eigenvalues"])
+        left[layer] = to_np(spec["left_vectors"])
+        right[layer] = to_np(spec["right_vectors"])
+
     with torch.no_grad(), _exact_matmul(device):
-        for start in range(0, n_l, block):
+        prev = None
+        for layer in range(n_l if gram_pairs == "adjacent" else 0):
+            q, k = load(layer)
+            put_spectra(layer, q, k)
+            if prev is not None:
+                cross[layer - 1] = to_np(cross_head_inner(*prev, q, k))
+                gram[layer - 1, layer] = np.diagonal(cross[layer - 1])
+            prev = (q, k)
+        del prev
+        for start in range(0, n_l if gram_pairs == "all" else 0, block):
             layers = list(range(start, min(start + block, n_l)))
             q_blk = torch.empty(h, len(layers), hd, n, dtype=dt, device=device)
             k_blk = torch.empty(kv, len(layers), hd, n, dtype=dt, device=device)
             for i, layer in enumerate(layers):
                 q, k = load(layer)
-                spec = layer_spectra(q, k, kk)
-                gram[layer, layer] = to_np(spec["norm_sq"])
-                trace[layer] = to_np(spec["trace"])
-                svals[layer] = to_np(spec["singular_values"])
-                eigs[layer] = to_np(spec["sym_eigenvalues"])
-                left[layer] = to_np(spec["left_vectors"])
-                right[layer] = to_np(spec["right_vectors"])
-                del spec
+                put_spectra(layer, q, k)
                 if i > 0:
                     vals = to_np(block_inner(q_blk[:, :i], k_blk[:, :i], q, k))
                     gram[layers[:i], layer] = vals
@@ -440,7 +520,8 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
     return {"gram": gram, "cross_adjacent": cross, "trace": trace, "singular_values": svals,
             "sym_eigenvalues": eigs, "left_vectors": left, "right_vectors": right,
             "kv_of": kv_index(h, kv).numpy().astype(np.int64),
-            "nonfinite_layers": sorted(bad), "layers_per_block": block, **prm}
+            "nonfinite_layers": sorted(bad),
+            "layers_per_block": block if gram_pairs == "all" else 1, **prm}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,8 +641,10 @@ def adjacent_vs_head_permuted(result: Mapping, phases: Mapping, phase: str, *, s
         p=monte_carlo_p(observed, samples, "greater"),
         profile=Profile(list(range(n_l - 1)), matched.tolist(), off.tolist(),
                         "matched-head metric cosine, layer L vs L+1 (null: other heads)"),
-        matrix=Matrix(list(range(n_l)), np.nanmean(cos_ll, axis=-1).tolist(),
-                      "metric cosine cos(g_L,h, g_L',h), mean over heads"),
+        # the L × L view exists only where every pair was computed (gram_pairs="all")
+        matrix=(Matrix(list(range(n_l)), np.nanmean(cos_ll, axis=-1).tolist(),
+                       "metric cosine cos(g_L,h, g_L',h), mean over heads")
+                if result.get("gram_pairs", "all") == "all" else None),
         extra={"pairs": [int(p) for p in pairs], "heads": int(h), "null_draws": int(draws),
                "fold_norms": bool(result.get("fold_norms", False)),
                "metric_norm_profile": Profile(list(range(n_l)),
