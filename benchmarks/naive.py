@@ -105,7 +105,7 @@ def adjacent(path: str, device: str = "cpu", budget_s: float | None = None) -> d
 # -- head metric (measure_grams.py's approach) ----------------------------------------------
 @torch.no_grad()
 def head_metric(path: str, device: str = "cpu", budget_s: float | None = None,
-                topk: int = 8) -> dict:
+                topk: int = 8, pairs: str = "all") -> dict:
     model = load_model(path, "cpu")
     cfg = model.config
     num_layers, h, hidden = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.hidden_size
@@ -143,7 +143,8 @@ def head_metric(path: str, device: str = "cpu", budget_s: float | None = None,
             sym[L, head] = ev[torch.argsort(ev.abs(), descending=True)]
     gram = torch.zeros(num_layers, num_layers, h, dtype=torch.float64)
     for L in range(num_layers):
-        for Lp in range(L, num_layers):
+        # "adjacent": the same loop restricted to the pairs the claims use (L, L) and (L, L+1)
+        for Lp in range(L, num_layers if pairs == "all" else min(L + 2, num_layers)):
             for head in range(h):
                 a = wk_list[L][head] @ wk_list[Lp][head].T
                 b = wq_list[L][head] @ wq_list[Lp][head].T
@@ -262,7 +263,13 @@ def gauge(path: str, device: str = "cpu", budget_s: float | None = None,
     return {**budget.report(), "aligned": out}
 
 
-REFERENCES = {"adjacent": adjacent, "head_metric": head_metric, "gauge": gauge}
+def head_metric_adjacent(path: str, device: str = "cpu", budget_s: float | None = None) -> dict:
+    """The head-metric reference on the pairs ``--head-gram=adjacent`` computes."""
+    return head_metric(path, device, budget_s, pairs="adjacent")
+
+
+REFERENCES = {"adjacent": adjacent, "head_metric": head_metric,
+              "head_metric_adjacent": head_metric_adjacent, "gauge": gauge}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,12 +64,17 @@ def _adjacent_request(mod, model, device, seed):
     return mod.PROBE_ID, mod.VERSION, {}, lambda: mod.compute(model, device=device)
 
 
-def _head_metric_request(mod, model, device, seed):
-    # fixtures/head_metric.py: params = head_metric.params(model, fold_norms=None)
-    prm = mod.params(model, fold_norms=None)
+def _head_metric_request(mod, model, device, seed, gram_pairs="all"):
+    # fixtures/head_metric.py: params = head_metric.params(model, fold_norms=None,
+    # gram_pairs=--head-gram)
+    prm = mod.params(model, fold_norms=None, gram_pairs=gram_pairs)
     return mod.PROBE_ID, mod.VERSION, prm, lambda: mod.compute(
         model, fold_norms=prm["fold_norms"], topk=prm["topk"], device=device,
-        gram_dtype=prm["gram_dtype"])
+        gram_dtype=prm["gram_dtype"], gram_pairs=prm["gram_pairs"])
+
+
+def _head_metric_adjacent_request(mod, model, device, seed):
+    return _head_metric_request(mod, model, device, seed, gram_pairs="adjacent")
 
 
 def _gauge_request(mod, model, device, seed):
@@ -87,6 +92,9 @@ PROBES: dict[str, ProbeEntry] = {e.name: e for e in (
     ProbeEntry("head_metric", "probes.head_metric", "compute",
                "per-head QK metric: cross-layer Gram, exact spectra", _head_metric_request,
                "head_metric"),
+    ProbeEntry("head_metric_adjacent", "probes.head_metric", "compute",
+               "the same with --head-gram=adjacent: Gram on adjacent pairs only (what the claims "
+               "use), one pass", _head_metric_adjacent_request, "head_metric_adjacent"),
     ProbeEntry("gauge", "probes.gauge", "compute",
                "gauge alignment: orthogonal + MLP permutation, spectrum-preserving null",
                _gauge_request, "gauge"),
@@ -193,6 +201,9 @@ def tiled(base, num_layers: int):
 
         def weight_rows(self, layer, family, start, stop):
             return super().weight_rows(layer % self.base_layers, family, start, stop)
+
+        def read_rows_into(self, layer, family, start, stop, out):
+            return super().read_rows_into(layer % self.base_layers, family, start, stop, out)
 
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(LoadedModel)
               if f.init and not f.name.startswith("_")}

@@ -172,6 +172,33 @@ def test_planted_heads_supported_where_planted_and_nowhere_else():
     assert len(ev.matrix.values) == 24 and ev.extra["metric_norm_profile"]["layers"] == list(range(24))
 
 
+def test_adjacent_gram_pairs_match_the_full_pass_and_give_the_same_verdicts():
+    """gram_pairs="adjacent" (one pass, each layer read once) gives the full pass's numbers on
+    the diagonal, the adjacent pairs, the head × head cross matrices and the spectra, leaves the
+    other pairs NaN, and the claims' statistics, nulls and p-values are identical (no L × L view)."""
+    from probes.models import open_model
+    model = open_model("synthetic:planted-heads")
+    full = hm.compute(model, gram_dtype="float64")
+    adj = hm.compute(model, gram_dtype="float64", gram_pairs="adjacent")
+    n_l = model.layout.num_layers
+    band = np.abs(np.subtract.outer(np.arange(n_l), np.arange(n_l))) <= 1
+    scale = np.abs(full["gram"]).max()
+    np.testing.assert_allclose(adj["gram"][band], full["gram"][band], rtol=0, atol=1e-12 * scale)
+    assert np.isnan(adj["gram"][~band]).all() and np.isfinite(full["gram"]).all()
+    for key in ("cross_adjacent", "sym_eigenvalues", "singular_values", "trace"):
+        np.testing.assert_allclose(adj[key], full[key], rtol=0, atol=1e-12 * np.abs(full[key]).max())
+    assert (adj["gram_pairs"], full["gram_pairs"]) == ("adjacent", "all")
+    phases = default_phases(n_l)
+    for claim in (hm.adjacent_vs_head_permuted, hm.positive_share_vs_half):
+        a, f = claim(adj, phases, "C"), claim(full, phases, "C")
+        assert (a.observed, a.null_mean, a.null_sd, a.p) == pytest.approx(
+            (f.observed, f.null_mean, f.null_sd, f.p), rel=1e-9, abs=1e-12)
+    assert hm.adjacent_vs_head_permuted(adj, phases, "C").matrix is None
+    assert hm.adjacent_vs_head_permuted(full, phases, "C").matrix is not None
+    with pytest.raises(ValueError, match="gram_pairs"):
+        hm.params(model, gram_pairs="some")
+
+
 def test_random_twin_of_planted_heads_supports_nothing():
     _, out = _verdicts("random:synthetic:planted-heads")
     assert not [key for key, (v, _) in out.items() if v == "SUPPORTED"]

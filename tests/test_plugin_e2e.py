@@ -182,3 +182,19 @@ def test_gauge_claims_are_na_above_the_cpu_size_limit(tmp_path):
     doc = records(tmp_path / "r")
     assert doc["records"] and all(r["verdict"] == "N/A" for r in doc["records"])
     assert "hidden 64 > --gauge-max-hidden 32" in doc["records"][0]["reason"], res.stdout[-2000:]
+
+
+def test_head_gram_adjacent_gives_the_same_verdicts_without_the_layer_matrix(tmp_path):
+    claims = ["hypotheses/test_head_metric_adjacent.py", "hypotheses/test_qk_sym_positive.py"]
+    args = [*claims, "--model=synthetic:planted-heads", "--no-twin"]
+    run_pytest(args, tmp_path / "c", tmp_path / "full")
+    res = run_pytest([*args, "--head-gram=adjacent"], tmp_path / "c", tmp_path / "adj")
+    full, adj = records(tmp_path / "full"), records(tmp_path / "adj")
+    assert len(full["records"]) > 5, res.stdout[-2000:]
+    assert comparable(full) == comparable(adj)
+    matrices = {name: [r.get("matrix") for r in doc["records"]
+                       if r["claim"] == "head-metric-adjacent" and r["verdict"] != "N/A"]
+                for name, doc in (("full", full), ("adj", adj))}
+    # (the report keeps one copy of a matrix per model, on its first record)
+    assert any(m is not None for m in matrices["full"])
+    assert all(m is None for m in matrices["adj"]) and matrices["adj"]
