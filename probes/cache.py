@@ -82,6 +82,34 @@ class Cache:
         self._memo[key] = result
         return result
 
+    # -- small derived documents -----------------------------------------------------------
+    def get_or_build_json(self, kind: str, ingredients: Mapping, build: Callable[[], object]):
+        """A small JSON document under ``kind/`` keyed by ``ingredients`` (e.g. a random twin's
+        init plan, which otherwise costs a transformers import and a meta-device model build on
+        every run): read when present with the same ingredients, else built and written
+        atomically (a concurrent writer writes the same bytes)."""
+        wanted = json.loads(json.dumps(ingredients, sort_keys=True, default=str))
+        key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
+        path = self.root / kind / f"{key}.json"
+        if not self.refresh:
+            try:
+                doc = json.loads(path.read_text())
+                if doc["ingredients"] == wanted:
+                    return doc["value"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # absent or unreadable: rebuild
+        value = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({"ingredients": wanted, "value": value}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return value
+
     # -- converted checkpoints (GGUF → safetensors) ----------------------------------------
     def models_dir(self) -> Path:
         d = self.root / "models"

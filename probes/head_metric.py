@@ -325,7 +325,7 @@ class _Inline:
         return fut
 
 
-_LAPACK_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+_LAPACK_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by thread count
 
 
 @contextlib.contextmanager
@@ -336,16 +336,15 @@ def _small_lapack(device):
     one Qwen3-4B layer); instead independent factorisations run side by side in a pool of as many
     threads as torch had (torch releases the GIL: svd ∥ eigvalsh 0.13 s vs 0.24 s one after
     the other on 2 cores). Off the CPU, or with one thread, jobs run inline."""
-    global _LAPACK_POOL
     threads = torch.get_num_threads()
     if torch.device(device).type != "cpu" or threads == 1:
         yield _Inline()
         return
-    if _LAPACK_POOL is None or _LAPACK_POOL._max_workers != threads:
-        _LAPACK_POOL = concurrent.futures.ThreadPoolExecutor(threads, "strata-lapack")
+    if threads not in _LAPACK_POOLS:
+        _LAPACK_POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, "strata-lapack")
     torch.set_num_threads(1)
     try:
-        yield _LAPACK_POOL
+        yield _LAPACK_POOLS[threads]
     finally:
         torch.set_num_threads(threads)
 
@@ -429,7 +428,7 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
     ``gram_pairs="adjacent"`` computes the Gram only on the diagonal and for adjacent layers
     (the diagonal of ``cross_adjacent``; other entries NaN) in one pass that reads each layer
     once: the claims need no more, and it skips the ``L(L+1)/2``-pair part that dominates the
-    cost at depth (2.2 of 3.1 TFLOP on Qwen3-4B shapes, ~25 TFLOP on Qwen3-32B).
+    cost at depth (2.2 of 3.3 TFLOP on Qwen3-4B shapes, ~25 TFLOP on Qwen3-32B).
     See the module docstring for the maths, memory bound and cost.
     """
     lay = model.layout

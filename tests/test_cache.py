@@ -86,3 +86,22 @@ def test_parallel_writers_compute_once(tmp_path):
     for t in threads:
         t.join()
     assert len(calls) == 1
+
+
+def test_json_documents_are_keyed_by_their_ingredients_and_rebuilt_when_unreadable(tmp_path):
+    cache, built = Cache(tmp_path), []
+
+    def build():
+        built.append(1)
+        return {"rows": [1, 2.5, "x"]}
+
+    assert cache.get_or_build_json("docs", {"a": 1}, build) == {"rows": [1, 2.5, "x"]}
+    assert Cache(tmp_path).get_or_build_json("docs", {"a": 1}, build) == {"rows": [1, 2.5, "x"]}
+    assert len(built) == 1
+    Cache(tmp_path).get_or_build_json("docs", {"a": 2}, build)  # other ingredients: a new doc
+    assert len(built) == 2
+    (path,) = [p for p in (tmp_path / "docs").glob("*.json") if '"a": 1' in p.read_text()]
+    path.write_text("{not json")
+    assert Cache(tmp_path).get_or_build_json("docs", {"a": 1}, build) == {"rows": [1, 2.5, "x"]}
+    assert len(built) == 3 and json.loads(path.read_text())["ingredients"] == {"a": 1}
+    assert not list((tmp_path / "docs").glob(".tmp-*"))

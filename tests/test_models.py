@@ -178,6 +178,33 @@ def test_random_twin_is_deterministic_with_init_statistics():
     assert open_model("random:random:synthetic:tiny-llama").fingerprint == t1.fingerprint
 
 
+def test_twin_init_plan_is_kept_in_the_cache_keyed_by_transformers_version(tmp_path, monkeypatch):
+    """The first twin built with a cache stores its init plan; the next one reads it without
+    building the HF model (so a cached run skips the transformers import) and draws the same
+    tensors; another transformers version (or another config) rebuilds it."""
+    import importlib.metadata
+    from probes.models import random_init
+    cache = Cache(tmp_path)
+    first = open_model("random:synthetic:tiny-qwen3", cache=cache)
+    plain = open_model("random:synthetic:tiny-qwen3")
+    assert first.source.plan == plain.source.plan
+    assert len(list((tmp_path / "init-plans").glob("*.json"))) == 1
+
+    def refuse(config_json):
+        raise AssertionError("rebuilt a cached init plan")
+
+    monkeypatch.setattr(random_init, "_plan_cached", refuse)
+    again = open_model("random:synthetic:tiny-qwen3", cache=Cache(tmp_path))
+    assert list(again.source.plan.items()) == list(plain.source.plan.items())  # order kept too
+    for fam in ("q_proj", "k_norm", "down_proj"):
+        assert torch.equal(again.weight(1, fam), plain.weight(1, fam))
+    real_version = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "0.0-other" if name == "transformers" else real_version(name))
+    with pytest.raises(AssertionError, match="rebuilt a cached init plan"):
+        open_model("random:synthetic:tiny-qwen3", cache=Cache(tmp_path))
+
+
 def test_gemma_twin_norm_gain_is_one():
     t = open_model("random:synthetic:tiny-gemma3")
     for fam in ("input_ln", "post_attn_ln", "pre_ff_ln", "post_ff_ln", "q_norm", "k_norm"):

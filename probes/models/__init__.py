@@ -88,6 +88,6 @@ def _twin(base: str, spec: str, cache: Cache | None) -> Model:
             and _HUB_ID.match(base)):
         from probes.models.hub import resolve_config_only
         cfg, tok_dir = resolve_config_only(base)
-        return random_twin(cfg, spec, tok_dir)
+        return random_twin(cfg, spec, tok_dir, cache)
     model = open_model(base, cache)
-    return random_twin(model.config, spec, getattr(model, "tokenizer_dir", None))
+    return random_twin(model.config, spec, getattr(model, "tokenizer_dir", None), cache)

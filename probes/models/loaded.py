@@ -179,11 +179,13 @@ def from_synthetic(name: str, spec: str) -> LoadedModel:
                        source=source, adapter=adapter)
 
 
-def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None) -> LoadedModel:
+def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
+                cache=None) -> LoadedModel:
     """The random-init twin: the base's (text) config, every tensor drawn lazily from the
-    architecture's init, seeded by tensor name. Reads no tensor of the base."""
+    architecture's init, seeded by tensor name. Reads no tensor of the base. ``cache`` (a
+    :class:`~probes.cache.Cache`) keeps its init plan between runs."""
     config = text_config(base_config)
-    source = RandomSource(config, TWIN_SALT)
+    source = RandomSource(config, TWIN_SALT, cache)
     adapter = Adapter(config, source.names())
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     fp = _sha(b"random/1", blob, TWIN_SALT.encode())

@@ -79,10 +79,23 @@ def _initializer_range(config: dict) -> float:
     return text.get("initializer_range", 0.02)
 
 
-def init_plan(config: dict) -> dict[str, TensorInit]:
+PLAN_FORMAT = "strata.init-plan/1"
+
+
+def init_plan(config: dict, cache=None) -> dict[str, TensorInit]:
     """Every parameter the HF causal-LM class for ``config`` holds (tied copies excluded),
-    in the model's parameter order, with its init."""
-    return dict(_plan_cached(json.dumps(config, sort_keys=True, default=str)))
+    in the model's parameter order, with its init. With a :class:`~probes.cache.Cache` the plan
+    is stored there, keyed by the config and the transformers version (the classes define the
+    names and shapes), so a cached run neither imports transformers nor builds the model."""
+    config_json = json.dumps(config, sort_keys=True, default=str)
+    if cache is None:
+        return dict(_plan_cached(config_json))
+    from importlib.metadata import version
+    ingredients = {"format": PLAN_FORMAT, "config": config_json,
+                   "transformers": version("transformers")}
+    rows = cache.get_or_build_json("init-plans", ingredients, lambda: [
+        [name, list(init.shape), init.kind, init.std] for name, init in _plan_cached(config_json)])
+    return {name: TensorInit(tuple(shape), kind, float(std)) for name, shape, kind, std in rows}
 
 
 def tensor_seed(salt: str, name: str) -> int:

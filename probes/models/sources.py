@@ -184,8 +184,8 @@ class RandomSource:
     """Every tensor of the HF model for ``config``, drawn on demand from the architecture's
     init, seeded by ``(salt, name)``."""
 
-    def __init__(self, config: dict, salt: str):
-        self.plan: dict[str, TensorInit] = init_plan(config)
+    def __init__(self, config: dict, salt: str, cache=None):
+        self.plan: dict[str, TensorInit] = init_plan(config, cache)
         self.salt = salt
 
     def names(self) -> set[str]:
