@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from probes.synthetic import SyntheticSpec, register
 from probes.synthetic.base import random_state_dict, tiny_config
 
@@ -13,26 +15,9 @@ def _tiny(arch: str) -> SyntheticSpec:
                          f"head_dim 16, ff 128, vocab 256")
 
 
-@register("tiny-llama")
-def tiny_llama() -> SyntheticSpec:
-    return _tiny("llama")
+# one registered spec per architecture the adapters support (gemma3_text shares gemma3's)
+TINY_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
 
-
-@register("tiny-mistral")
-def tiny_mistral() -> SyntheticSpec:
-    return _tiny("mistral")
-
-
-@register("tiny-qwen2")
-def tiny_qwen2() -> SyntheticSpec:
-    return _tiny("qwen2")
-
-
-@register("tiny-qwen3")
-def tiny_qwen3() -> SyntheticSpec:
-    return _tiny("qwen3")
-
-
-@register("tiny-gemma3")
-def tiny_gemma3() -> SyntheticSpec:
-    return _tiny("gemma3")
+for _arch in TINY_ARCHITECTURES:
+    register(f"tiny-{_arch}")(partial(_tiny, _arch))
+del _arch
