@@ -100,14 +100,8 @@ class Cache:
                 pass  # absent or unreadable: rebuild
         value = build()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({"ingredients": wanted, "value": value}, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        doc = json.dumps({"ingredients": wanted, "value": value})
+        _replace_atomically(path, lambda tmp: Path(tmp).write_text(doc))
         return value
 
     # -- converted checkpoints (GGUF → safetensors) ----------------------------------------
@@ -131,18 +125,24 @@ def _split(result: Result) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, rest
 
 
-def _write(path: Path, result: Result, ingredients: dict) -> None:
-    from safetensors.numpy import save_file
-    arrays, rest = _split(result)
-    meta = {"strata": json.dumps({**ingredients, "rest": rest}, default=_json_default)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+def _replace_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` a temp file beside ``path``, then ``os.replace`` it into place; on any
+    failure the temp file is removed, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
     os.close(fd)
     try:
-        save_file(arrays, tmp, metadata=meta)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write(path: Path, result: Result, ingredients: dict) -> None:
+    from safetensors.numpy import save_file
+    arrays, rest = _split(result)
+    meta = {"strata": json.dumps({**ingredients, "rest": rest}, default=_json_default)}
+    _replace_atomically(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
 
 
 def _read(path: Path, ingredients: dict) -> Result | None:

@@ -474,36 +474,40 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
         right[layer] = to_np(spec["right_vectors"])
 
     with torch.no_grad(), _exact_matmul(device):
-        prev = None
-        for layer in range(n_l if gram_pairs == "adjacent" else 0):
-            q, k = load(layer)
-            put_spectra(layer, q, k)
-            if prev is not None:
-                cross[layer - 1] = to_np(cross_head_inner(*prev, q, k))
-                gram[layer - 1, layer] = np.diagonal(cross[layer - 1])
-            prev = (q, k)
-        del prev
-        for start in range(0, n_l if gram_pairs == "all" else 0, block):
-            layers = list(range(start, min(start + block, n_l)))
-            q_blk = torch.empty(h, len(layers), hd, n, dtype=dt, device=device)
-            k_blk = torch.empty(kv, len(layers), hd, n, dtype=dt, device=device)
-            for i, layer in enumerate(layers):
+        if gram_pairs == "adjacent":  # one pass, each layer read once
+            prev = None
+            for layer in range(n_l):
                 q, k = load(layer)
                 put_spectra(layer, q, k)
-                if i > 0:
-                    vals = to_np(block_inner(q_blk[:, :i], k_blk[:, :i], q, k))
-                    gram[layers[:i], layer] = vals
-                    cross[layer - 1] = to_np(cross_head_inner(q_blk[:, i - 1], k_blk[:, i - 1], q, k))
-                q_blk[:, i] = q
-                k_blk[:, i] = k
-                del q, k
-            for later in range(layers[-1] + 1, n_l):
-                q, k = load(later)
-                gram[layers, later] = to_np(block_inner(q_blk, k_blk, q, k))
-                if later == layers[-1] + 1:
-                    cross[later - 1] = to_np(cross_head_inner(q_blk[:, -1], k_blk[:, -1], q, k))
-                del q, k
-            del q_blk, k_blk
+                if prev is not None:
+                    cross[layer - 1] = to_np(cross_head_inner(*prev, q, k))
+                    gram[layer - 1, layer] = np.diagonal(cross[layer - 1])
+                prev = (q, k)
+            del prev
+        else:  # all pairs: blocks of layers, every later layer streamed past each
+            for start in range(0, n_l, block):
+                layers = list(range(start, min(start + block, n_l)))
+                q_blk = torch.empty(h, len(layers), hd, n, dtype=dt, device=device)
+                k_blk = torch.empty(kv, len(layers), hd, n, dtype=dt, device=device)
+                for i, layer in enumerate(layers):
+                    q, k = load(layer)
+                    put_spectra(layer, q, k)
+                    if i > 0:
+                        vals = to_np(block_inner(q_blk[:, :i], k_blk[:, :i], q, k))
+                        gram[layers[:i], layer] = vals
+                        cross[layer - 1] = to_np(cross_head_inner(q_blk[:, i - 1],
+                                                                  k_blk[:, i - 1], q, k))
+                    q_blk[:, i] = q
+                    k_blk[:, i] = k
+                    del q, k
+                for later in range(layers[-1] + 1, n_l):
+                    q, k = load(later)
+                    gram[layers, later] = to_np(block_inner(q_blk, k_blk, q, k))
+                    if later == layers[-1] + 1:
+                        cross[later - 1] = to_np(cross_head_inner(q_blk[:, -1], k_blk[:, -1],
+                                                                  q, k))
+                    del q, k
+                del q_blk, k_blk
 
     iu = np.triu_indices(n_l, 1)
     gram[iu[1], iu[0]] = gram[iu]

@@ -48,13 +48,16 @@ class LoadedModel(Model):
         ref = self.adapter.ref(layer, family)
         return None if ref is None else ref.family_shape(self.source.shape(ref.name))
 
+    def _stored_span(self, ref, layer: int, family: str, start: int, stop: int):
+        """The stored rows holding rows ``start:stop`` (clipped) of the family's tensor."""
+        rows = self.shape(layer, family)[0]
+        return ref.stored_rows(max(0, start), min(stop, rows))
+
     def weight_rows(self, layer: int, family: str, start: int, stop: int) -> torch.Tensor | None:
         ref = self.adapter.ref(layer, family)
         if ref is None:
             return None
-        rows = self.shape(layer, family)[0]
-        start, stop = max(0, start), min(stop, rows)
-        a, b = ref.stored_rows(start, stop)
+        a, b = self._stored_span(ref, layer, family, start, stop)
         return ref.finish(self.source.get_rows(ref.name, a, b))
 
     def read_rows_into(self, layer: int, family: str, start: int, stop: int,
@@ -63,8 +66,7 @@ class LoadedModel(Model):
         copy_rows = getattr(self.source, "copy_rows", None)
         if ref is None or copy_rows is None:
             return super().read_rows_into(layer, family, start, stop, out)
-        rows = self.shape(layer, family)[0]
-        a, b = ref.stored_rows(max(0, start), min(stop, rows))
+        a, b = self._stored_span(ref, layer, family, start, stop)
         copy_rows(ref.name, a, b, out)      # converted to float32 on the way in
         if ref.plus_one:                    # what TensorRef.finish does after its copy
             out += 1.0
