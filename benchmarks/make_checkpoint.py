@@ -2,6 +2,12 @@
 
     python -m benchmarks.make_checkpoint --shape qwen3-4b --out /tmp/ckpt-4b
     python -m benchmarks.make_checkpoint --shape qwen3-32b --layers 2 --vocab 1024 --out /tmp/ckpt-32b-2L
+    python -m benchmarks.make_checkpoint --shape qwen3-4b --tokenizer DIR --out /tmp/ckpt-4b-tok
+
+``--tokenizer DIR`` copies a real tokenizer (``tokenizer.json`` and friends) from ``DIR`` into the
+checkpoint, for the activation probes (e.g. the default model's, from the converted SmolLM2
+directory in the Strata cache: its 49,152 ids fit Qwen's 151,936-row embedding; with ``--vocab``
+keep the vocabulary at least the tokenizer's size).
 
 Each decoder layer goes to its own shard (plus one shard for the embeddings, final norm and
 untied lm_head), written by streaming: a tensor is drawn in row chunks of at most
@@ -132,7 +138,8 @@ def write_shard(path: Path, names: list[str], plan: dict[str, TensorInit],
 
 
 def make_checkpoint(shape: str, out: Path, layers: int | None = None,
-                    vocab: int | None = None, dtype: str = "bfloat16") -> dict:
+                    vocab: int | None = None, dtype: str = "bfloat16",
+                    tokenizer: Path | None = None) -> dict:
     """Write the checkpoint; returns {"bytes", "seconds", "shards", "params"}."""
     if dtype not in DTYPES:
         raise SystemExit(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
@@ -154,9 +161,28 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    if tokenizer is not None:
+        copy_tokenizer(Path(tokenizer), out)
     params = sum(_numel(p.shape) for p in plan.values())
     return {"bytes": total, "seconds": time.perf_counter() - t0, "shards": len(groups),
             "params": params}
+
+
+def copy_tokenizer(src: Path, out: Path) -> list[str]:
+    """Copy the HF tokenizer files of ``src`` into ``out``; SystemExit if there are none."""
+    import shutil
+
+    from probes.models.checkpoint import _TOKENIZER_GLOBS
+    copied = []
+    for pattern in _TOKENIZER_GLOBS:
+        for f in sorted(Path(src).glob(pattern)):
+            if f.is_file():
+                shutil.copy2(f, out / f.name)
+                copied.append(f.name)
+    if not any(n.startswith("tokenizer") for n in copied):
+        raise SystemExit(f"--tokenizer {src}: no tokenizer files (tokenizer.json, "
+                         f"tokenizer_config.json, ...) there")
+    return copied
 
 
 def _numel(shape) -> int:
@@ -176,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="shrink the vocabulary (embeddings are not read by the weight probes; "
                          "keeps disk use small for --shape qwen3-32b)")
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    ap.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                    help="copy the HF tokenizer files of DIR into the checkpoint (activation "
+                         "probes need a real tokenizer whose ids fit the vocabulary)")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    info = make_checkpoint(args.shape, args.out, args.layers, args.vocab, args.dtype)
+    info = make_checkpoint(args.shape, args.out, args.layers, args.vocab, args.dtype,
+                           args.tokenizer)
     cfg = json.loads((args.out / "config.json").read_text())
     print(f"wrote {args.out}: {args.shape}, {cfg['num_hidden_layers']} layers, "
           f"vocab {cfg['vocab_size']}, {info['params'] / 1e6:,.1f} M params, {args.dtype}, "
