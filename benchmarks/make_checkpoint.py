@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import struct
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from probes.models.st_writer import write_safetensors
 from probes.models.random_init import NORMAL, ONES, ZEROS, TensorInit, init_plan, tensor_seed
 from probes.synthetic.base import tiny_config
 
@@ -111,30 +110,11 @@ def _chunks(name: str, init: TensorInit, dtype: torch.dtype):
 
 
 def write_shard(path: Path, names: list[str], plan: dict[str, TensorInit],
-                dtype: torch.dtype, st_dtype: str) -> int:
-    """Stream ``names`` into one safetensors file at ``path`` (via a temp file). Returns bytes
-    of tensor data. The header is computed from the shapes first; data follows in order."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    header, offset = {}, 0
-    for n in names:
-        numel = 1
-        for d in plan[n].shape:
-            numel *= d
-        header[n] = {"dtype": st_dtype, "shape": list(plan[n].shape),
-                     "data_offsets": [offset, offset + numel * itemsize]}
-        offset += numel * itemsize
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data start to 8 bytes
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for n in names:
-            for chunk in _chunks(n, plan[n], dtype):
-                fh.write(chunk.view(torch.uint8).numpy().tobytes())
-    os.replace(tmp, path)
-    return offset
+                dtype: torch.dtype, st_dtype: str | None = None) -> int:
+    """Stream ``names`` into one safetensors file at ``path`` (``probes.models.st_writer``:
+    header first, then each tensor's chunks; via a temp file). Returns bytes of tensor data."""
+    return write_safetensors(path, [(n, dtype, plan[n].shape,
+                                     lambda n=n: _chunks(n, plan[n], dtype)) for n in names])
 
 
 def make_checkpoint(shape: str, out: Path, layers: int | None = None,
@@ -143,7 +123,7 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
     """Write the checkpoint; returns {"bytes", "seconds", "shards", "params"}."""
     if dtype not in DTYPES:
         raise SystemExit(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
-    torch_dtype, st_dtype = DTYPES[dtype]
+    torch_dtype, _ = DTYPES[dtype]
     config = shape_config(shape, layers, vocab)
     config["torch_dtype"] = dtype
     out = Path(out)
@@ -156,7 +136,7 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
     weight_map, total = {}, 0
     for i, names in enumerate(groups):
         fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        total += write_shard(out / fname, names, plan, torch_dtype, st_dtype)
+        total += write_shard(out / fname, names, plan, torch_dtype)
         weight_map.update({n: fname for n in names})
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
