@@ -124,6 +124,8 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
     if dtype not in DTYPES:
         raise SystemExit(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
     torch_dtype, _ = DTYPES[dtype]
+    if tokenizer is not None:
+        tokenizer_files(Path(tokenizer))  # before writing anything
     config = shape_config(shape, layers, vocab)
     config["torch_dtype"] = dtype
     out = Path(out)
@@ -148,21 +150,24 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
             "params": params}
 
 
-def copy_tokenizer(src: Path, out: Path) -> list[str]:
-    """Copy the HF tokenizer files of ``src`` into ``out``; SystemExit if there are none."""
-    import shutil
-
+def tokenizer_files(src: Path) -> list[Path]:
+    """The HF tokenizer files of ``src``; SystemExit if there are none."""
     from probes.models.checkpoint import _TOKENIZER_GLOBS
-    copied = []
-    for pattern in _TOKENIZER_GLOBS:
-        for f in sorted(Path(src).glob(pattern)):
-            if f.is_file():
-                shutil.copy2(f, out / f.name)
-                copied.append(f.name)
-    if not any(n.startswith("tokenizer") for n in copied):
+    files = [f for pattern in _TOKENIZER_GLOBS for f in sorted(Path(src).glob(pattern))
+             if f.is_file()]
+    if not any(f.name.startswith("tokenizer") for f in files):
         raise SystemExit(f"--tokenizer {src}: no tokenizer files (tokenizer.json, "
                          f"tokenizer_config.json, ...) there")
-    return copied
+    return files
+
+
+def copy_tokenizer(src: Path, out: Path) -> list[str]:
+    """Copy the HF tokenizer files of ``src`` into ``out``."""
+    import shutil
+    files = tokenizer_files(src)
+    for f in files:
+        shutil.copy2(f, out / f.name)
+    return [f.name for f in files]
 
 
 def _numel(shape) -> int:
