@@ -38,6 +38,7 @@ import tempfile
 import time
 import warnings
 from contextlib import nullcontext
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Mapping
@@ -58,16 +59,21 @@ class CacheWarning(UserWarning):
     """The cache degraded (not writable, no file locks); results stay correct."""
 
 
-def library_versions() -> dict[str, str]:
-    """major.minor of each of :data:`NUMERIC_LIBRARIES` (read from package metadata: cheap,
-    imports nothing)."""
+@lru_cache(maxsize=1)
+def _library_versions() -> tuple[tuple[str, str], ...]:
     out = {}
     for name in NUMERIC_LIBRARIES:
         try:
             out[name] = ".".join(metadata.version(name).split(".")[:2])
         except metadata.PackageNotFoundError:
             out[name] = "absent"
-    return out
+    return tuple(out.items())
+
+
+def library_versions() -> dict[str, str]:
+    """major.minor of each of :data:`NUMERIC_LIBRARIES` (read from package metadata once:
+    imports nothing)."""
+    return dict(_library_versions())
 
 
 def umask() -> int:
