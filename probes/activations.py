@@ -214,6 +214,7 @@ def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TO
             acc.spectrum = spectrum_from_gram(acc.gram.cpu().numpy(), top_k)
             acc.gram = None
             accs[layer] = acc
+            del inputs, outputs   # only the next layer's inputs stay alive
             bar.update(1)
     return _finalise(accs, n, d, top_k, corpus, seed,
                      memory={"streamed": True, "layers_in_memory": 1,
