@@ -3,13 +3,18 @@
 from probes import scale
 from probes.evidence import Claim
 
+MIN_EFFECT = 0.10  # share units above the shuffle null's mean
+
 CLAIM = Claim(
     id="scale-schedule-low-dim",
-    statement="The log Frobenius-norm tracks of all families share one dominant depth profile.",
+    statement=f"The log Frobenius-norm tracks of all families share one dominant depth profile: "
+              f"its explained-variance share exceeds a layer shuffle's by at least {MIN_EFFECT}.",
     statistic="mode-1 explained-variance share of the centred log-norm tracks",
     null="each family's track shuffled across layers",
     direction="greater",
-    min_effect=0.10,  # share units above the shuffle null's mean
+    min_effect=MIN_EFFECT,
+    min_effect_why="the shuffle null's share is ≈ 0.3–0.4 with sd ≈ 0.05 for 9 families × 30 "
+                   "layers; 0.10 more is two null sds and a visibly shared profile",
 )
 
 
