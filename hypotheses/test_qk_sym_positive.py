@@ -15,8 +15,9 @@ CLAIM = Claim(
          "(s → 1 − s)",
     direction="greater",
     min_effect=MIN_EFFECT,
-    min_effect_why="a random head's share is 1/2 ± ≈ 0.02 (SmolLM2 shapes); 0.55 means the "
-                   "positive part outweighs the negative by 10 % of the metric's mass",
+    min_effect_why="a random head's share is 1/2 ± ≈ 0.005 on SmolLM2-shaped null models; "
+                   "0.55 means the positive part outweighs the negative by 10 % of the "
+                   "metric's eigen-mass",
 )
 
 

@@ -243,10 +243,10 @@ def _matrix(claims, models, cells, claim_ids, cell_ids) -> str:
 
 
 # -- how far to trust each claim --------------------------------------------------------------
-def trust_rows(path: Path = TRUST_JSON) -> dict:
+def trust_rows(path: Path | None = None) -> dict:
     """Claim id → its row of the trust table (``rows`` of the calibration summary); {} if absent."""
     try:
-        return json.loads(Path(path).read_text()).get("rows", {})
+        return json.loads(Path(path or TRUST_JSON).read_text()).get("rows", {})
     except (OSError, ValueError):
         return {}
 

@@ -286,3 +286,45 @@ def test_equivalence_false_positives_are_counted_beyond_the_margin_only():
     got = cal.beyond_margin(recs, 0.02)
     assert [r["family"] for r in got] == ["k", "k"]          # q's mean 0.0125 is inside ±0.02
     assert cal.rate(got) == {**cal.rate(got), "k": 1, "n": 2}
+
+
+# -- the HTML report shows the table and links each claim to its row --------------------------
+def test_html_report_links_each_claim_to_its_trust_row(tmp_path, monkeypatch):
+    import json
+    from html.parser import HTMLParser
+
+    from reports import html
+    from tests.report_docs import make_doc
+    rows = {"gauge-delta-null": {"null": "sign-permuted", "min_effect": "within ± 0.02: why",
+                                 "fp_iid": "true here", "fp_shuffled": "true here",
+                                 "power": "planted-gauge: 0: 24/28", "power_0_8": "s = 0"},
+            "qk-sym-positive": {"null": "1/2", "min_effect": "effect ≥ 0.05: why",
+                                "fp_iid": "0/180 = 0.000 [0.000, 0.017]",
+                                "fp_shuffled": "0/180 = 0.000 [0.000, 0.017]",
+                                "power": "planted-heads: 0.1: 10/10", "power_0_8": "s = 0.1"},
+            "not-in-this-report": {"null": "x"}}
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(html, "TRUST_JSON", path)
+    page = html.render_html(make_doc())
+
+    class Links(HTMLParser):
+        ids, hrefs = set(), []
+
+        def handle_starttag(self, tag, attrs):
+            a = dict(attrs)
+            if "id" in a:
+                self.ids.add(a["id"])
+            if tag == "a" and "href" in a:
+                self.hrefs.append(a["href"])
+
+    p = Links()
+    p.feed(page)
+    for cid in ("gauge-delta-null", "qk-sym-positive"):
+        assert f"trust-{cid.lower()}" in p.ids
+        assert f"#trust-{cid.lower()}" in p.hrefs
+    assert "trust-not-in-this-report" not in p.ids  # only the report's claims
+    assert "0/180 = 0.000 [0.000, 0.017]" in page and "s = 0.1" in page
+    assert "trust-adjacent-far-from-null" not in p.ids  # no row: no section entry, no link
+    monkeypatch.setattr(html, "TRUST_JSON", tmp_path / "absent.json")
+    assert 'id="trust"' not in html.render_html(make_doc())
