@@ -100,7 +100,11 @@ def shuffled(base: LoadedModel, index: int) -> LoadedModel:
     return LoadedModel(spec=f"null-shuffled:{index}:{base.spec}", fingerprint=fp,
                        layout=adapter.layout, config=base.config, families=adapter.families,
                        is_twin=False, meta={"source": "shuffled", "base": base.spec,
-                                            "index": index},
+                                            "index": index, "fingerprint_method": {
+                                                "kind": "derived", "algorithm":
+                                                "sha256 of the base's fingerprint and the "
+                                                "shuffle index (the weights are a function "
+                                                "of both)"}},
                        source=source, adapter=adapter,
                        tokenizer_dir=getattr(base, "tokenizer_dir", None))
 
