@@ -328,3 +328,16 @@ def test_html_report_links_each_claim_to_its_trust_row(tmp_path, monkeypatch):
     assert "trust-adjacent-far-from-null" not in p.ids  # no row: no section entry, no link
     monkeypatch.setattr(html, "TRUST_JSON", tmp_path / "absent.json")
     assert 'id="trust"' not in html.render_html(make_doc())
+
+
+def test_redecide_applies_the_current_minimum_effect_to_stored_numbers():
+    from probes.evidence import Claim
+    stored = [{"verdict": "SUPPORTED", "observed": 0.75, "null_mean": 0.41, "effect": 0.34,
+               "ci": [0.1, 0.58], "p": 0.035},
+              {"verdict": "N/A", "reason": "too few layers"}]
+    low = Claim("c", "s", "x", "n", "greater", 0.1)
+    high = Claim("c", "s", "x", "n", "greater", 0.69)
+    assert [r["verdict"] for r in cal.redecide(stored, low)] == ["SUPPORTED", "N/A"]
+    again = cal.redecide(stored, high)
+    assert [r["verdict"] for r in again] == ["REFUTED", "N/A"]  # interval [0.1, 0.58] < 0.69
+    assert again[0]["min_effect"] == 0.69 and stored[0]["verdict"] == "SUPPORTED"
