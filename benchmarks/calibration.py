@@ -123,6 +123,12 @@ class Store:
         p = self.path(kind, name)
         return json.loads(p.read_text()) if p.is_file() else {}
 
+    def count(self, kind: str, family: str) -> int:
+        """1 + the largest model index of ``family`` stored (models run beyond the defaults,
+        e.g. with ``--null-models 50 --families shuffled``, count too)."""
+        idx = [int(p.stem.rsplit("-", 1)[1]) for p in (self.root / kind).glob(f"{family}-*.json")]
+        return max(idx) + 1 if idx else 0
+
     def save(self, kind: str, name: str, records: dict) -> None:
         p = self.path(kind, name)
         p.parent.mkdir(parents=True, exist_ok=True)
@@ -256,7 +262,7 @@ def summarise(claims: list[ClaimTest], store: Store, n_models: int, n_gauge: int
                  "min_effect_why": getattr(ct.claim, "min_effect_why", ""), "null_families": {}}
         for family in families:
             recs, models_hit, models_run = [], 0, 0
-            for i in range(limit):
+            for i in range(max(limit, store.count("null", family))):
                 got = store.load("null", f"{family}-{i}").get(cid)
                 if got is None:
                     continue
@@ -393,6 +399,8 @@ def main(argv=None) -> int:
     ap.add_argument("--power-seeds", type=int, default=10, help="planted draws per strength")
     ap.add_argument("--calib-tokens", type=int, default=1024,
                     help="token budget of the activation claims on null models (0: all)")
+    ap.add_argument("--families", default=",".join(FAMILIES),
+                    help="null families to run (default: all); the summary counts every model stored")
     ap.add_argument("--claims", default="", help="comma-separated claim ids (default: all)")
     ap.add_argument("--redo", default="", help="claim ids whose stored verdicts are recomputed "
                     "(probe results stay cached); 'all' for every claim")
@@ -414,7 +422,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     if "nulls" not in skip:
         run_nulls(claims, store, args.base, args.null_models, args.gauge_null_models,
-                  args.calib_tokens or None, redo, log)
+                  args.calib_tokens or None, redo, log,
+                  families=tuple(filter(None, args.families.split(","))))
     if "power" not in skip:
         run_power(claims, store, args.power_seeds, redo, log,
                   calib_tokens=args.calib_tokens or None)
@@ -427,7 +436,7 @@ def main(argv=None) -> int:
         Path(args.json).write_text(json.dumps(summary, indent=1, default=float))
     print(table(summary))
     print(f"\n{args.null_models} null models per family ({args.gauge_null_models} for the gauge "
-          f"claims) of {args.base}'s shapes; activation claims on {args.calib_tokens or 'all'} "
+          f"claims; more where more are stored: each cell's k/M models) of {args.base}'s shapes; activation claims on {args.calib_tokens or 'all'} "
           f"calibration tokens; {args.power_seeds} planted draws per strength; α = {ALPHA}; "
           f"intervals: Clopper–Pearson 90 % (upper end = one-sided 95 % bound). "
           f"⚠ = false-positive rate above α or its bound above 2α. {time.time() - t0:.0f} s.")

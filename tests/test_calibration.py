@@ -231,6 +231,7 @@ def tiny_run(tmp_path_factory):
 def test_calibration_counts_every_claim_on_both_null_families(tiny_run):
     s = tiny_run["summary"]
     assert set(s["claims"]) == CLAIM_IDS
+    assert tiny_run["store"].count("null", "iid") == 2 and tiny_run["store"].count("null", "x") == 0
     for cid, e in s["claims"].items():
         for fam in ("iid", "shuffled"):
             c = e["null_families"][fam]
