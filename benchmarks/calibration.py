@@ -89,8 +89,9 @@ def _fams(phase):
 POWER = {
     "adjacent-far-from-null": PowerTarget("planted-adjacent", _fams("C"), (0.01, 0.02, 0.03, 0.05, 1.0),
                                           "phase C, 7 projection families"),
-    "scale-schedule-low-dim": PowerTarget("planted-adjacent", ((None, None),), (0.005, 0.01, 0.02, 0.05, 1.0),
-                                          "depth profile amplitude 0.8·s"),
+    "scale-schedule-low-dim": PowerTarget("planted-adjacent?chain=0", ((None, None),),
+                                          (0.01, 0.02, 0.05, 0.1, 1.0),
+                                          "depth profile amplitude 0.8·s, no copy chain"),
     "head-metric-adjacent": PowerTarget("planted-heads", (("C", None),), (0.1, 0.15, 0.2, 0.3, 1.0),
                                         "phase C"),
     "qk-sym-positive": PowerTarget("planted-heads", (("D", None),), (0.02, 0.05, 0.1, 0.2, 1.0),
@@ -215,7 +216,8 @@ def run_power(claims: list[ClaimTest], store: Store, seeds: int, redo: set, log=
             t0 = time.time()
             cache = Cache(cache_root)
             # seeds 1000+ so no power draw is the registered control itself
-            model = open_model(f"synthetic:{base}?strength={strength:g}&seed={1000 + seed}",
+            sep = "&" if "?" in base else "?"
+            model = open_model(f"synthetic:{base}{sep}strength={strength:g}&seed={1000 + seed}",
                                cache=cache)
             session = Session(cache, calib_tokens=calib_tokens)
             only = {c.claim.id: set(power[c.claim.id].records) for c in todo}
