@@ -400,6 +400,10 @@ def test_null_draws_adapt_to_the_precision_target():
         mean, sd, used = gauge.null_moments(loose[key])
         np.testing.assert_allclose(mean, full[key][:, :2].mean(axis=1))
         np.testing.assert_allclose(sd, full[key][:, :2].std(axis=1, ddof=1))
+        # the default stops only once the null mean is known to ±0.001 (1 se), or at the cap
+        _, sd, used = gauge.null_moments(auto[key])
+        cap = 3 if f in gauge.MLP_FAMILIES else 5
+        assert np.all((sd / np.sqrt(used) <= gauge.NULL_SE_TARGET) | (used == cap))
 
 
 def test_cost_model_counts_every_part_and_scales_with_depth():
