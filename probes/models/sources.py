@@ -10,8 +10,8 @@
 ``get(name)`` may return a view of shared storage (safetensors' memory map, the state dict):
 callers copy before modifying (:meth:`TensorRef.apply` and ``LoadedModel.tensor`` do).
 
-Fingerprints are cheap content hashes (config bytes + safetensors headers + file sizes), never a
-hash of the tensor data of a multi-GB checkpoint.
+A local directory's fingerprint covers its tensor bytes: the sha256 of each file, hashed once
+per file version (:mod:`probes.filehash`).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Iterable
-
 import torch
 
 from probes.errors import StrataError
@@ -72,13 +70,11 @@ class SafetensorsDir:
 
     def __init__(self, directory: Path):
         self.dir = Path(directory)
-        files = self._files()
+        self.files: list[Path] = self._files()
         self.weight_map: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
-        self._headers: list[tuple[str, int, bytes]] = []
-        for f in files:
-            raw, header = read_safetensors_header(f)
-            self._headers.append((f.name, f.stat().st_size, raw))
+        for f in self.files:
+            _, header = read_safetensors_header(f)
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
@@ -146,11 +142,6 @@ class SafetensorsDir:
         except Exception as exc:  # corrupt file that passed the header check
             raise StrataError(f"cannot open safetensors file {path}: "
                               f"{str(exc).splitlines()[0] if str(exc) else exc}") from None
-
-    def fingerprint_parts(self) -> Iterable[bytes]:
-        for fname, size, raw in self._headers:
-            yield fname.encode() + b"\0" + str(size).encode() + b"\0" + raw
-
 
 
 class DictSource:
