@@ -65,14 +65,44 @@ def discover(directory: Path = HYPOTHESES) -> list[ClaimTest]:
     return out
 
 
-class _Config:
-    """What the probe fixtures read from ``strata.config``: the pytest defaults, overridable."""
+class _OptionDefaults:
+    """Records the defaults of the options the fixture plugins declare (``pytest_addoption``)."""
 
-    DEFAULTS = {"gauge_max_hidden": 1 << 30, "no_fold_qk_norms": False, "head_gram": "adjacent",
-                "calib": None, "calib_tokens": None}
+    def __init__(self):
+        self.defaults: dict = {}
+
+    def getgroup(self, *args, **kwargs):
+        return self
+
+    def addoption(self, *names, **kwargs):
+        dest = kwargs.get("dest") or names[0].lstrip("-").replace("-", "_")
+        action = kwargs.get("action")
+        default = kwargs.get("default", False if action == "store_true" else None)
+        self.defaults[dest] = default
+
+
+def option_defaults() -> dict:
+    """Every fixture option's pytest default (``fixtures/*.py``), as ``getoption`` names them."""
+    import importlib
+    import pkgutil
+
+    import fixtures
+    rec = _OptionDefaults()
+    for info in pkgutil.iter_modules(fixtures.__path__):
+        mod = importlib.import_module(f"fixtures.{info.name}")
+        if hasattr(mod, "pytest_addoption"):
+            mod.pytest_addoption(rec)
+    return rec.defaults
+
+
+class _Config:
+    """What the probe fixtures read from ``strata.config``: their pytest defaults, except the
+    head-metric Gram over adjacent pairs only (what the claims use), overridable."""
+
+    OVERRIDES = {"head_gram": "adjacent"}
 
     def __init__(self, **options):
-        self.options = {**self.DEFAULTS, **options}
+        self.options = {**option_defaults(), **self.OVERRIDES, **options}
 
     def getoption(self, name):
         return self.options[name]
