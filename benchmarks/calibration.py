@@ -367,7 +367,8 @@ def row_cells(entry: dict, alpha: float = ALPHA) -> dict:
     cells["power"] = f"{model}: {pw}" if model and pw else (pw or "—")
     reach = v["power_0_8_at"]
     cells["power_0_8"] = ("not reached" if reach is None else
-                          (f"{reach}" if isinstance(reach, str) else f"s = {reach:g}"))
+                          f"the {reach[5:]} null models (no structure: the claim is true)"
+                          if isinstance(reach, str) else f"s = {reach:g}")
     arrow = {"two-sided": "|effect| ≥", "greater": "effect ≥", "less": "effect ≥",
              "equivalent": "within ±"}[entry["direction"]]
     cells["min_effect"] = f"{arrow} {entry['min_effect']:g}" + (
