@@ -5,7 +5,8 @@ step) the claim was SUPPORTED on 1 of 20 shuffled-real null models — SmolLM2's
 random order, so no depth trend — because real layers' update sizes differ by factors of 2–3
 whatever their depth: the effect spreads by ≈ 0.4 log units (sd) between such models, and
 whenever the exchangeable-layers p falls below α the effect is 0.3 or more. The null is right
-(its p is uniform on those models); the minimum was below the spread. log 2 ≈ 0.69 (beyond
+(on those models the layer order is random, which is what it simulates); the minimum was below
+the spread. With log 2: 1 false positive in 50 shuffled models (bound 0.091), 0 in 30 i.i.d. log 2 ≈ 0.69 (beyond
 what accumulation gives, the second half's smallest step is at most half the first half's) is
 above that spread and is what "the late layers change least" asserts.
 """
