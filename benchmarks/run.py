@@ -78,10 +78,11 @@ def _head_metric_adjacent_request(mod, model, device, seed):
 
 
 def _gauge_request(mod, model, device, seed):
-    # fixtures/gauge.py: gauge.params(seed, device) is the key; the cost model's estimate is
-    # printed before the probe starts
-    est = mod.estimate(mod.model_shapes(model), model.layout.num_layers, device)
-    print(mod.describe_estimate(est), flush=True)
+    # fixtures/gauge.py: gauge.params(seed, device) is the key; the cost model's estimate
+    # (probes.gauge_cost) is printed before the probe starts
+    from probes import gauge_cost
+    est = gauge_cost.estimate(gauge_cost.model_shapes(model), model.layout.num_layers, device)
+    print(gauge_cost.describe_estimate(est), flush=True)
     return mod.PROBE_ID, mod.VERSION, mod.params(seed, device), lambda: mod.compute(
         model, seed=seed, device=device)
 

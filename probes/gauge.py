@@ -37,23 +37,15 @@ Permutation alignment (MLP). The MLP's exact discrete symmetry is a neuron permu
 by gate rows, up rows and down columns. With each family's internal-major matrix scaled to unit
 Frobenius norm and the three concatenated along the residual side (``X``: ff × 3·hidden), the
 assignment π maximising Σ_i ⟨X_L[i], X_L'[π(i)]⟩ — i.e. the sum of the three permuted cosines —
-is solved by ``scipy.optimize.linear_sum_assignment`` on the ff × ff similarity X_L X_L'ᵀ;
-``perm_aligned_cos`` per family is that family's cosine under the shared π. (The joint sign
-flip / rescaling of an up row and its down column is also exact and is not aligned over.)
-
-Above ``EXACT_ASSIGNMENT_MAX`` = 4096 neurons (Qwen3-4B: 9728) the stated approximation
-``approx:knn32+sparse-lsa``: the similarity is formed ``SIM_BLOCK`` rows at a time and never
-stored; each neuron of L keeps its 32 most similar neurons of L' and each neuron of L' its 32
-most similar of L; the assignment maximising the similarity over that sparse candidate graph is
-solved exactly by ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (k doubles if the
-graph has no full matching). Its gap to the exact solver, measured where exact is feasible: 0 on
-a random 9728 × 9728 similarity (exact: 10–12 s here; the optimum's edges sit at row rank ≤ 26),
-≤ 1e-4 relative at 4096 (tested, random and planted, float32 and bf16 similarities). Each
-result also records, per pair, ``assignment_gap``: what the exact solver gains over the
-matching found on a 2048-neuron sub-problem (random neurons of L and their partners); 0 for an
-optimal matching, a lower bound on the full gap, in units of the sum of the three cosines.
-Above that size the MLP families' orthogonal O(ff) alignment (not a symmetry of the MLP, and the
-costliest of the orthogonal ones) is not computed: their orth_* fields are NaN.
+is found by ``probes.assignment`` on the ff × ff similarity X_L X_L'ᵀ: exact
+(``linear_sum_assignment``) up to ``EXACT_ASSIGNMENT_MAX`` = 4096 neurons, above it the stated
+approximation ``approx:knn32+sparse-lsa`` (a sparse nearest-neighbour candidate graph matched
+exactly; its gap to the exact solver is measured there, and recorded per pair as
+``assignment_gap``). ``perm_aligned_cos`` per family is that family's cosine under the shared
+π. (The joint sign flip / rescaling of an up row and its down column is also exact and is not
+aligned over.) Above ``EXACT_ASSIGNMENT_MAX`` neurons the MLP families' orthogonal O(ff)
+alignment (not a symmetry of the MLP, and the costliest of the orthogonal ones) is not
+computed: their orth_* fields are NaN.
 
 Null (spectrum preserving). The same alignment of layer L against layer L' whose residual side
 is scrambled by a random signed permutation S (random permutation × random ±1): B → B S. This
@@ -79,38 +71,32 @@ Precision. Factors: the float32 Gram AᵀA (one GEMM; a float64 QR is ≈ 30× s
 then C = Lᵀ from its float64 Cholesky (eigendecomposition if singular). Nuclear norms: float32
 products, eigenvalues of the float32 Gram. Measured against float64: ≤ 2.5e-5 relative on
 spectra spanning three decades, tested at ≤ 1e-4 — 200× below the margins, and shared by the
-observed value and its null. The MLP similarity is bf16 on a bf16 checkpoint when the hardware
-multiplies bf16 faster (inputs exact, output rounded: it only ranks candidates; its effect is
-inside the measured gap); every reported cosine is float32 products summed in float64.
+observed value and its null. The MLP similarity only ranks candidate neurons (bf16 on a bf16
+checkpoint when the hardware multiplies bf16 faster: ``probes.assignment``); every reported
+cosine is float32 products summed in float64.
 
-Cost (:func:`estimate`, printed before the probe starts). Layers are streamed: at most layers
-L and L+1 are held (float32 internal-major copies, factors, bf16 neuron vectors). Per layer: a
-Gram + Cholesky per family with n > hidden. Per pair and family: (1 + draws) × (one product,
-one Gram, one eigensolve of size min(n, hidden)); for the MLP (1 + perm draws) × (similarity
-GEMM 2·ff²·3·hidden, top-k, sparse matching or exact assignment). Independent jobs run on a
-thread pool (torch, LAPACK and the assignment solvers release the GIL); results do not depend
-on the thread count. Everything but the assignment solvers runs on ``device`` (CUDA included).
+Execution. Layers are streamed: at most layers L and L+1 are held (float32 internal-major
+copies, factors, bf16 neuron vectors). Independent jobs run on a thread pool (torch, LAPACK and
+the assignment solvers release the GIL); results do not depend on the thread count. Everything
+but the assignment solvers runs on ``device`` (CUDA included). The cost model
+(``probes.gauge_cost``) estimates the run time from these operation counts and is printed
+before the probe starts.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-import scipy.sparse
 import torch
 from scipy import stats as sps
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 
-from . import stats
+from . import assignment, stats
 from .errors import NotApplicable
 from .evidence import Evidence, Profile
 from .models.base import INTERNAL_SIDE, PROJECTIONS
@@ -123,24 +109,13 @@ NULL_DRAWS = 8                  # most signed-permutation draws per pair (orthog
 PERM_NULL_DRAWS = 4             # most for the permutation null (each costs an ff × ff matching)
 MIN_NULL_DRAWS = 2              # fewest: two give the per-pair null sd
 NULL_SE_TARGET = 0.001          # draws are added until the null mean's se sd/√d ≤ this
-EXACT_ASSIGNMENT_MAX = 4096     # linear_sum_assignment (≈ 1 s at 4096) up to this many neurons
-CANDIDATES = 32                 # above it: each neuron's 32 nearest neighbours, both sides
-GAP_CHECK = 2048                # neurons in the per-pair exact sub-problem check of the approximation
-SIM_BLOCK = 1024                # rows of the similarity formed at a time
 MLP_FAMILIES = ("gate_proj", "up_proj", "down_proj")
 NULL_KIND = "spectrum-preserving: alignment against L+1 with its residual side sign-permuted"
-PERMUTATION_TEST_EXACT_MAX = 20000  # exact label enumeration up to this many splits
-PERMUTATION_TEST_DRAWS = 19999      # Monte Carlo label permutations above it
 
 
 def gauge_of(family: str) -> str:
     """The alignment a family's primary ``aligned_cos`` uses: permutation (MLP) or orthogonal."""
     return "permutation" if family in MLP_FAMILIES else "orthogonal"
-
-
-def approx_method(k: int = None) -> str:
-    """The record's name of the approximate assignment (see :func:`assign_sparse`)."""
-    return f"approx:knn{CANDIDATES if k is None else k}+sparse-lsa"
 
 
 # -- pure maths on arrays (float64 references) --------------------------------------------------
@@ -250,118 +225,6 @@ def neuron_matrix(mlp: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([mlp[f] / np.linalg.norm(mlp[f]) for f in MLP_FAMILIES], axis=1)
 
 
-def assign_exact(sim) -> np.ndarray:
-    """π (neuron i of L ↦ π[i] of L') maximising Σ_i sim[i, π(i)]: linear_sum_assignment."""
-    sim = sim.cpu().numpy() if isinstance(sim, torch.Tensor) else np.asarray(sim)
-    rows, cols = linear_sum_assignment(sim, maximize=True)
-    perm = np.empty(sim.shape[0], dtype=np.int64)
-    perm[rows] = cols
-    return perm
-
-
-def candidate_edges(xa: torch.Tensor, xb: torch.Tensor, k: int, block: int = SIM_BLOCK):
-    """The sparse candidate graph of the approximate assignment: for every neuron of L its k most
-    similar neurons of L' and for every neuron of L' its k most similar of L, similarities
-    ⟨xa[i], xb[j]⟩ formed ``block`` rows at a time (memory O(block·n)) and never stored whole.
-    Returns (rows, cols, sims) as numpy arrays, duplicates removed."""
-    n = xa.shape[0]
-    k = min(k, n)
-    r_idx, r_val, c_idx, c_val = [], [], None, None
-    xbt = xb.T
-    for r0 in range(0, n, block):
-        s = (xa[r0:r0 + block] @ xbt).float()
-        v, i = s.topk(k, dim=1)
-        r_idx.append(i)
-        r_val.append(v)
-        cv, ci = s.topk(min(k, s.shape[0]), dim=0)
-        ci = ci + r0
-        if c_val is not None:
-            cv, ci = torch.cat([c_val, cv]), torch.cat([c_idx, ci])
-            cv, pos = cv.topk(k, dim=0)
-            ci = ci.gather(0, pos)
-        c_val, c_idx = cv, ci
-    rows = np.concatenate([np.repeat(np.arange(n), k), c_idx.cpu().numpy().ravel()])
-    cols = np.concatenate([torch.cat(r_idx).cpu().numpy().ravel(), np.tile(np.arange(n), c_idx.shape[0])])
-    vals = np.concatenate([torch.cat(r_val).cpu().numpy().ravel(), c_val.cpu().numpy().ravel()])
-    key, first = np.unique(rows.astype(np.int64) * n + cols, return_index=True)
-    return key // n, key % n, vals[first].astype(np.float64)
-
-
-def assign_sparse(rows: np.ndarray, cols: np.ndarray, sims: np.ndarray, n: int):
-    """The assignment maximising Σ sim over the candidate edges only: the full bipartite matching
-    of minimum weight (c − sim, c > max sim so every weight is positive) by
-    ``scipy.sparse.csgraph.min_weight_full_bipartite_matching`` (LAPJVsp). Exact on the graph;
-    ``None`` when the graph holds no full matching."""
-    w = float(sims.max()) + 1.0 - sims
-    g = scipy.sparse.csr_matrix((w, (rows, cols)), shape=(n, n))
-    try:
-        r, c = min_weight_full_bipartite_matching(g)
-    except ValueError:
-        return None
-    perm = np.empty(n, dtype=np.int64)
-    perm[r] = c
-    return perm
-
-
-def match_neurons(xa, xb=None, k: int | None = None) -> tuple[np.ndarray, str]:
-    """The neuron permutation maximising Σ_i ⟨xa[i], xb[π(i)]⟩ (or Σ_i sim[i, π(i)] when one
-    similarity matrix is given): exact ``linear_sum_assignment`` up to EXACT_ASSIGNMENT_MAX
-    neurons, else the sparse candidate graph (each neuron's ``CANDIDATES`` nearest neighbours on
-    both sides) solved exactly by :func:`assign_sparse`; if that graph has no full matching, k is
-    doubled (and past n/4 the exact solver is used)."""
-    if xb is None:  # a similarity matrix: factor it as sim · I
-        xa = _t(xa)
-        xb = torch.eye(xa.shape[0], dtype=xa.dtype, device=xa.device)
-    n = xa.shape[0]
-    if n <= EXACT_ASSIGNMENT_MAX:
-        return assign_exact(xa.float() @ xb.float().T), "exact"
-    k = CANDIDATES if k is None else k
-    while 4 * k <= n:
-        perm = assign_sparse(*candidate_edges(xa, xb, k), n)
-        if perm is not None:
-            return perm, approx_method(k)
-        k *= 2
-    return assign_exact(xa.float() @ xb.float().T), "exact"
-
-
-def subproblem_gap(xa: torch.Tensor, xb: torch.Tensor, perm: np.ndarray, size: int,
-                   rng: np.random.Generator) -> float:
-    """How much the exact solver improves an assignment on a sub-problem where it is feasible:
-    ``size`` seeded random neurons I of L and their partners π(I) in L', exact
-    ``linear_sum_assignment`` on the float32 similarity of I × π(I) minus Σ_{i∈I} sim[i, π(i)].
-    ≥ 0; 0 when π is optimal (an optimal assignment is optimal on every such restriction), and a
-    lower bound on the full gap (exact − π) of the objective Σ_i sim[i, π(i)]."""
-    n = xa.shape[0]
-    idx = np.sort(rng.choice(n, size=min(size, n), replace=False))
-    ia = torch.as_tensor(idx, device=xa.device)
-    ib = torch.as_tensor(perm[idx], device=xb.device)
-    sub = (xa[ia].float() @ xb[ib].float().T).cpu().numpy().astype(np.float64)
-    best = assign_exact(sub)
-    return float(sub[np.arange(len(idx)), best].sum() - np.trace(sub))
-
-
-def _bf16_fast(device: torch.device) -> bool:
-    """Whether bf16 GEMMs are faster than float32 here: CUDA, or a CPU with AVX512-BF16/AMX."""
-    if device.type == "cuda":
-        return True
-    try:
-        with open("/proc/cpuinfo") as fh:
-            flags = fh.read(1 << 16)
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def similarity_dtype(weights: Iterable[torch.Tensor], device) -> torch.dtype:
-    """bf16 for the MLP similarity when every weight is exactly representable in bf16 (a bf16
-    checkpoint: the inputs are then exact) and the hardware multiplies bf16 faster; else float32.
-    The similarity only ranks candidate neurons; the cosines are computed in float32/float64
-    under the matching found, and the matching's gap is measured (``assignment_gap``)."""
-    if not _bf16_fast(torch.device(device)):
-        return torch.float32
-    return torch.bfloat16 if all(torch.equal(w.bfloat16().float(), w) for w in weights) else torch.float32
-
-
 def _neurons(mlp: Mapping[str, torch.Tensor], norms: Mapping[str, float], dtype) -> torch.Tensor:
     """ff × 3·hidden neuron vectors (gate, up, downᵀ rows, each family / its Frobenius norm)."""
     return torch.cat([mlp[f] / norms[f] for f in MLP_FAMILIES], dim=1).to(dtype).contiguous()
@@ -420,10 +283,10 @@ class _MLPPair:
     def draw(self, scr):
         """(cosines per family, method, gap) of the observed pair (scr None) or one null draw."""
         xb = self.xb if scr is None else _scramble_neurons(self.xb, scr[0], scr[1])
-        perm, method = match_neurons(self.xa, xb)
+        perm, method = assignment.match_neurons(self.xa, xb)
         gap = 0.0
         if method != "exact" and scr is None:
-            gap = subproblem_gap(self.xa, xb, perm, GAP_CHECK, self.rng)
+            gap = assignment.subproblem_gap(self.xa, xb, perm, assignment.GAP_CHECK, self.rng)
         return permutation_cosines(self.fa, self.fb, perm, scr), method, gap
 
 
@@ -448,108 +311,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-# -- the cost model ----------------------------------------------------------------------------
-@functools.lru_cache(maxsize=4)
-def machine_rates(device: str = "cpu") -> dict:
-    """Measured unit rates of this machine (≈ 0.3 s idle): float32 and bf16 GEMM GFLOP/s, float32
-    eigvalsh seconds at 512 (measured at 1024, scaled as n³), assignment seconds at 512 (exact: scaled as n^2.5,
-    the measured growth from 2048 to 9728 random neurons on this CPU)."""
-    dev = torch.device(device)
-
-    def timed(fn, reps=3):
-        fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - t0) / reps
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(1024, 1024, generator=g).to(dev)
-    xb = x.bfloat16()
-    f32 = 2 * 1024 ** 3 / timed(lambda: x @ x) / 1e9
-    bf16 = 2 * 1024 ** 3 / timed(lambda: xb @ xb) / 1e9 if _bf16_fast(dev) else f32
-    sym = x @ x.T
-    eig512 = timed(lambda: torch.linalg.eigvalsh(sym), 2) / 8  # measured at 1024, scaled n³
-    sim = np.random.default_rng(0).standard_normal((512, 512))
-    lsa512 = timed(lambda: linear_sum_assignment(sim), 2)
-    blk = torch.randn(SIM_BLOCK, 4096, generator=g).to(dev)
-    topk = timed(lambda: (blk.topk(CANDIDATES, dim=1), blk.topk(CANDIDATES, dim=0)), 2) / blk.numel()
-    return {"gemm_f32_gflops": f32, "gemm_bf16_gflops": bf16, "eig512_s": eig512,
-            "lsa512_s": lsa512, "topk_s_per_entry": topk}
-
-
-def estimate(shapes: Mapping[str, tuple[int, int]], num_layers: int, device: str = "cpu",
-             draws: int = MIN_NULL_DRAWS, perm_draws: int = MIN_NULL_DRAWS,
-             bf16: bool = True, rates: Mapping | None = None) -> pd.DataFrame:
-    """The probe's cost model: seconds per adjacent pair for each family (rows) in four parts —
-    ``factor`` (one layer's Gram + Cholesky, counted once per layer), ``observed`` and ``null``
-    nuclear norms (one product, Gram and eigensolve each; ``draws`` null draws) and, for the MLP,
-    ``assignment`` (similarity GEMM, top-k and sparse matching, or the exact solver; shared by
-    gate/up/down, booked on gate_proj; ``perm_draws`` null draws). ``shapes`` are HF ``[out, in]``
-    per family. Figures are FLOP counts over this machine's measured rates (:func:`machine_rates`),
-    so they are estimates: the printed total assumes the fewest draws the null allows."""
-    r = dict(rates or machine_rates(device))
-    f32 = r["gemm_f32_gflops"] * 1e9
-    eig = lambda k: r["eig512_s"] * (k / 512) ** 3  # noqa: E731
-    rows = {}
-    ff = None
-    for fam, (out_, in_) in shapes.items():
-        n, m = (in_, out_) if INTERNAL_SIDE[fam] == "cols" else (out_, in_)
-        if fam in MLP_FAMILIES:
-            ff = n
-        k = min(n, m)
-        orth = fam not in MLP_FAMILIES or n <= EXACT_ASSIGNMENT_MAX
-        factor = (2 * n * m * m / f32 + eig(m) / 3) if (orth and n > m) else 0.0
-        one = (2 * k * k * m + 2 * k ** 3) / f32 + eig(k) if orth else 0.0
-        rows[fam] = {"factor": factor, "observed": one, "null": one * draws, "assignment": 0.0}
-    if ff is not None and all(f in shapes for f in MLP_FAMILIES):
-        h = min(shapes["gate_proj"])
-        rate = (r["gemm_bf16_gflops"] if bf16 else r["gemm_f32_gflops"]) * 1e9
-        gemm = 2 * ff * ff * 3 * h / rate
-        if ff <= EXACT_ASSIGNMENT_MAX:
-            match = r["lsa512_s"] * (ff / 512) ** 2.5
-        else:  # row and column top-k over the ff² similarity, LAPJVsp on ≈ 2·k·ff edges
-            # (0.2 s for 350 k edges measured here), the merge of the column candidates
-            match = r.get("topk_s_per_entry", 1.5e-8) * ff * ff * 1.2 + 6e-7 * 2 * CANDIDATES * ff
-            match += r["lsa512_s"] * (GAP_CHECK / 512) ** 2.5 / (1 + perm_draws)
-        rows["gate_proj"]["assignment"] = (gemm + match) * (1 + perm_draws)
-    df = pd.DataFrame(rows).T
-    df["per_pair"] = df[["observed", "null", "assignment"]].sum(axis=1) + df["factor"]
-    df.attrs["pairs"] = max(num_layers - 1, 0)
-    df.attrs["total_s"] = float(df["per_pair"].sum() * df.attrs["pairs"] + df["factor"].sum())
-    return df
-
-
-def describe_estimate(df: pd.DataFrame, label: str = "gauge") -> str:
-    """One line for the terminal: total and the parts, summed over pairs and families."""
-    p = df.attrs["pairs"]
-    parts = {c: float(df[c].sum() * p) for c in ("factor", "observed", "null", "assignment")}
-    return (f"{label}: estimated {df.attrs['total_s'] / 60:.1f} min for {p} adjacent pairs × "
-            f"{len(df)} families (factors {parts['factor']:.0f} s, observed {parts['observed']:.0f} s, "
-            f"null {parts['null']:.0f} s, assignment {parts['assignment']:.0f} s)")
-
-
-def model_shapes(model) -> dict[str, tuple[int, int]]:
-    """HF ``[out, in]`` shape of each projection family of layer 0 (read from headers)."""
-    out = {}
-    for f in PROJECTIONS:
-        if f in model.families:
-            s = model.shape(0, f)
-            if s is not None:
-                out[f] = tuple(int(x) for x in s)
-    return out
-
-
 def params(seed: int, device: str = "cpu") -> dict:
     """The cache key's parameters (everything that changes the result besides the weights)."""
     return {"draws": NULL_DRAWS, "perm_draws": PERM_NULL_DRAWS, "min_draws": MIN_NULL_DRAWS,
-            "null_se": NULL_SE_TARGET, "seed": seed, "exact_assignment_max": EXACT_ASSIGNMENT_MAX,
-            "candidates": CANDIDATES, "gap_check": GAP_CHECK,
-            "similarity": "bf16" if _bf16_fast(torch.device(device)) else "float32"}
+            "null_se": NULL_SE_TARGET, "seed": seed,
+            "exact_assignment_max": assignment.EXACT_ASSIGNMENT_MAX,
+            "candidates": assignment.CANDIDATES, "gap_check": assignment.GAP_CHECK,
+            "similarity": "bf16" if assignment._bf16_fast(torch.device(device)) else "float32"}
 
 
 # -- the probe -----------------------------------------------------------------------------
@@ -603,7 +371,7 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
     (first layer of each adjacent pair) and per family ``<fam>.raw_cos``, ``<fam>.orth_aligned``,
     ``<fam>.orth_null`` ([pairs, draws], NaN past the draws used); for MLP families
     ``<fam>.perm_aligned`` and ``<fam>.perm_null`` ([pairs, perm_draws], the first of the same
-    signed permutations); ``assignment_gap`` per pair (:func:`subproblem_gap`, summed over the
+    signed permutations); ``assignment_gap`` per pair (``assignment.subproblem_gap``, summed over the
     three MLP cosines; 0 for exact); plus ``families``, ``draws``, ``perm_draws``, ``seed``,
     ``assignment``, ``similarity_dtype``. Above EXACT_ASSIGNMENT_MAX neurons the MLP families'
     orthogonal alignment (not a symmetry of the MLP) is skipped: its orth_* fields are NaN.
@@ -626,7 +394,7 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
         for layer, weights in enumerate(layers):
             present = {f: weights[f] for f in fams if weights.get(f) is not None}
             if sim_dtype is None and info["sim_dtype"] is None and all(f in present for f in MLP_FAMILIES):
-                info["sim_dtype"] = similarity_dtype(
+                info["sim_dtype"] = assignment.similarity_dtype(
                     [_t(present[f]) for f in MLP_FAMILIES], dev)
             cur = _prepare(present, dev, mapper)
             if prev is not None:
@@ -673,7 +441,7 @@ def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool, min_draws, nu
     mlp = all(f in present for f in MLP_FAMILIES)
     mlp_ok = mlp and _usable(*(prev[f] for f in MLP_FAMILIES), *(cur[f] for f in MLP_FAMILIES))
     ff = prev["gate_proj"]["a"].shape[0] if mlp else 0
-    skip_orth = {f for f in MLP_FAMILIES if ff > EXACT_ASSIGNMENT_MAX}
+    skip_orth = {f for f in MLP_FAMILIES if ff > assignment.EXACT_ASSIGNMENT_MAX}
     orth_fams = [f for f in present if f not in skip_orth and _usable(prev[f], cur[f])]
     list(pool.map(_factor, [x[f] for x in (prev, cur) for f in orth_fams]))
 
@@ -868,38 +636,7 @@ def _assignment_extra(result: Mapping, ff: Mapping) -> dict:
     return out
 
 
-# -- statistics for the claims ----------------------------------------------------------------
-def label_permutation_null(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, bool]:
-    """Null of mean(x[first group]) − mean(x[rest]) over relabellings of the pooled values,
-    the first group of size ``k``: every split when C(n, k) ≤ PERMUTATION_TEST_EXACT_MAX
-    (returns exact=True; the observed split is among them), else PERMUTATION_TEST_DRAWS seeded
-    random splits."""
-    x = np.asarray(x, float)
-    n = x.size
-    total = x.sum()
-    if math.comb(n, k) <= PERMUTATION_TEST_EXACT_MAX:
-        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
-                             dtype=np.int64).reshape(-1, k)
-        exact = True
-    else:
-        rng = np.random.default_rng([seed, n, k])
-        combos = np.argsort(rng.random((PERMUTATION_TEST_DRAWS, n)), axis=1)[:, :k]
-        exact = False
-    s = x[combos].sum(axis=1)
-    return s / k - (total - s) / (n - k), exact
-
-
-def permutation_test(x_first: np.ndarray, x_second: np.ndarray, seed: int = 0) -> dict:
-    """Difference of means first − second and its label-permutation null (one-sided, greater)."""
-    x_first, x_second = np.asarray(x_first, float), np.asarray(x_second, float)
-    observed = float(x_first.mean() - x_second.mean())
-    null, exact = label_permutation_null(np.concatenate([x_first, x_second]), x_first.size, seed)
-    tol = 1e-12 * max(1.0, float(np.max(np.abs(null))))
-    ge = int(np.sum(null >= observed - tol))
-    p = ge / null.size if exact else (1 + int(np.sum(null >= observed))) / (null.size + 1)
-    return {"observed": observed, "null": null, "p": float(p), "exact": exact}
-
-
+# -- the claims ---------------------------------------------------------------------------------
 def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
                 first: str = "E", second: str = "C") -> Evidence:
     """``aligned-delta-E-exceeds-C``: mean excess (aligned − null-aligned) over E's adjacent pairs
@@ -915,8 +652,8 @@ def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
                             f"the label permutation test needs ≥ 1 each and ≥ 3 in all")
     both = np.concatenate([e, c])
     _finite(ff, both, family)
-    t = permutation_test(ff["excess"][e], ff["excess"][c], seed)
-    td = permutation_test(ff["delta"][e], ff["delta"][c], seed)
+    t = stats.permutation_test(ff["excess"][e], ff["excess"][c], seed)
+    td = stats.permutation_test(ff["delta"][e], ff["delta"][c], seed)
     null = t["null"]
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     eff = t["observed"] - mu

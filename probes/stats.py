@@ -1,4 +1,5 @@
-"""Small statistics shared by the probes: p-values, intervals, multiplicity.
+"""Small statistics shared by the probes: p-values, intervals, multiplicity, label permutation
+tests.
 
 Everything returns plain floats or numpy arrays. The Evidence builders orient the effect so the
 claimed direction is positive (see ``probes.evidence``).
@@ -6,6 +7,7 @@ claimed direction is positive (see ``probes.evidence``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -15,6 +17,8 @@ from scipy import stats as sps
 from .evidence import Direction, Evidence, Profile
 
 Z95 = float(sps.norm.ppf(0.975))
+PERMUTATION_TEST_EXACT_MAX = 20000  # exact label enumeration up to this many splits
+PERMUTATION_TEST_DRAWS = 19999      # Monte Carlo label permutations above it
 
 
 def oriented(observed: float, null_mean: float, direction: Direction) -> float:
@@ -153,3 +157,34 @@ def paired_difference(diff: Sequence[float], direction: Direction = "greater",
     return Evidence(observed=mean, null_kind=null_kind, null_mean=0.0, null_sd=se, effect=eff,
                     ci=(eff - q * se, eff + q * se), p=p, profile=profile,
                     extra={"pairs": int(n), "t": t, "df": n - 1, **extra})
+
+
+def label_permutation_null(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Null of mean(x[first group]) − mean(x[rest]) over relabellings of the pooled values,
+    the first group of size ``k``: every split when C(n, k) ≤ PERMUTATION_TEST_EXACT_MAX
+    (returns exact=True; the observed split is among them), else PERMUTATION_TEST_DRAWS seeded
+    random splits."""
+    x = np.asarray(x, float)
+    n = x.size
+    total = x.sum()
+    if math.comb(n, k) <= PERMUTATION_TEST_EXACT_MAX:
+        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
+                             dtype=np.int64).reshape(-1, k)
+        exact = True
+    else:
+        rng = np.random.default_rng([seed, n, k])
+        combos = np.argsort(rng.random((PERMUTATION_TEST_DRAWS, n)), axis=1)[:, :k]
+        exact = False
+    s = x[combos].sum(axis=1)
+    return s / k - (total - s) / (n - k), exact
+
+
+def permutation_test(x_first: np.ndarray, x_second: np.ndarray, seed: int = 0) -> dict:
+    """Difference of means first − second and its label-permutation null (one-sided, greater)."""
+    x_first, x_second = np.asarray(x_first, float), np.asarray(x_second, float)
+    observed = float(x_first.mean() - x_second.mean())
+    null, exact = label_permutation_null(np.concatenate([x_first, x_second]), x_first.size, seed)
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(null))))
+    ge = int(np.sum(null >= observed - tol))
+    p = ge / null.size if exact else (1 + int(np.sum(null >= observed))) / (null.size + 1)
+    return {"observed": observed, "null": null, "p": float(p), "exact": exact}

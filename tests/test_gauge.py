@@ -1,5 +1,6 @@
-"""Gauge alignment (probes/gauge.py): known answers, dense float64 identities, the null, the
-claims' statistics, and the planted model against its random twin."""
+"""Gauge alignment (probes/gauge.py; its neuron assignment probes/assignment.py, cost model
+probes/gauge_cost.py, label permutation test in probes/stats.py): known answers, dense float64
+identities, the null, the claims' statistics, and the planted model against its random twin."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import torch
 
-from probes import gauge
+from probes import assignment, gauge, gauge_cost, stats
 from probes.errors import NotApplicable
 from probes.evidence import decide
 from probes.models.base import INTERNAL_SIDE, PROJECTIONS
@@ -161,7 +162,7 @@ def test_permuted_mlp_neurons_align_to_one_by_permutation():
         assert ff["null_aligned_mean"][0] < 0.6, f
     # the matching itself: neuron i of L is neuron inv[i] of L' (b[inv[i]] = a[i])
     inv = np.argsort(perm)
-    got, method = gauge.match_neurons(gauge.neuron_matrix(
+    got, method = assignment.match_neurons(gauge.neuron_matrix(
         {f: gauge.internal_major(a[f], f) for f in gauge.MLP_FAMILIES}) @ gauge.neuron_matrix(
         {f: gauge.internal_major(b[f], f) for f in gauge.MLP_FAMILIES}).T)
     assert method == "exact" and np.array_equal(got, inv)
@@ -211,15 +212,15 @@ def test_assignment_is_optimal_against_brute_force():
     rng = np.random.default_rng(6)
     for n in (2, 4, 6):
         sim = rng.standard_normal((n, n))
-        perm, method = gauge.match_neurons(sim)
+        perm, method = assignment.match_neurons(sim)
         best = max(itertools.permutations(range(n)), key=lambda p: sim[range(n), p].sum())
         assert sim[range(n), perm].sum() == pytest.approx(sim[range(n), best].sum())
 
 
 def test_approximate_assignment_above_the_exact_limit(monkeypatch):
-    monkeypatch.setattr(gauge, "EXACT_ASSIGNMENT_MAX", 30)
-    monkeypatch.setattr(gauge, "CANDIDATES", 8)
-    monkeypatch.setattr(gauge, "GAP_CHECK", 40)
+    monkeypatch.setattr(assignment, "EXACT_ASSIGNMENT_MAX", 30)
+    monkeypatch.setattr(assignment, "CANDIDATES", 8)
+    monkeypatch.setattr(assignment, "GAP_CHECK", 40)
     rng = np.random.default_rng(7)
     a = random_layer(rng)
     perm = rng.permutation(SHAPES["gate_proj"][0])
@@ -230,7 +231,7 @@ def test_approximate_assignment_above_the_exact_limit(monkeypatch):
         assert np.isnan(res[f + ".orth_aligned"][0])  # O(ff) skipped above the exact size
     assert res["assignment_gap"].tolist() == [pytest.approx(0.0, abs=1e-9)]
     sim = rng.standard_normal((50, 50))
-    p, method = gauge.match_neurons(sim)
+    p, method = assignment.match_neurons(sim)
     assert method.startswith("approx:") and sorted(p) == list(range(50))
 
 
@@ -252,24 +253,24 @@ def test_approximation_gap_to_exact_at_4096_neurons(monkeypatch, planted):
         xb = 0.5 * xa[rng.permutation(n)] + xb
     ta, tb = torch.from_numpy(xa), torch.from_numpy(xb)
     sim = xa @ xb.T
-    exact = gauge.assign_exact(sim)
-    monkeypatch.setattr(gauge, "EXACT_ASSIGNMENT_MAX", 1024)
+    exact = assignment.assign_exact(sim)
+    monkeypatch.setattr(assignment, "EXACT_ASSIGNMENT_MAX", 1024)
     for dtype in (torch.float32, torch.bfloat16):
-        perm, method = gauge.match_neurons(ta.to(dtype), tb.to(dtype))
+        perm, method = assignment.match_neurons(ta.to(dtype), tb.to(dtype))
         assert method == "approx:knn32+sparse-lsa" and sorted(perm) == list(range(n))
         best, got = sim[np.arange(n), exact].sum(), sim[np.arange(n), perm].sum()
         assert got <= best + 1e-3
         assert (best - got) / abs(best) <= APPROX_REL_GAP, (planted, dtype, (best - got) / best)
-        gap = gauge.subproblem_gap(ta, tb, perm, 1024, np.random.default_rng(0))
+        gap = assignment.subproblem_gap(ta, tb, perm, 1024, np.random.default_rng(0))
         assert 0 <= gap <= APPROX_REL_GAP * abs(best)
 
 
 def test_subproblem_gap_is_zero_for_the_optimum_and_finds_a_bad_assignment():
     rng = np.random.default_rng(22)
     x, y = torch.randn(300, 40, dtype=torch.float64), torch.randn(300, 40, dtype=torch.float64)
-    best = gauge.assign_exact(x @ y.T)
-    assert gauge.subproblem_gap(x, y, best, 100, rng) == pytest.approx(0.0, abs=1e-4)
-    assert gauge.subproblem_gap(x, y, np.arange(300), 100, rng) > 1.0
+    best = assignment.assign_exact(x @ y.T)
+    assert assignment.subproblem_gap(x, y, best, 100, rng) == pytest.approx(0.0, abs=1e-4)
+    assert assignment.subproblem_gap(x, y, np.arange(300), 100, rng) > 1.0
 
 
 def test_zero_norm_layer_gives_nan_and_claims_are_not_applicable():
@@ -303,17 +304,17 @@ def test_phase_delta_table_is_the_mean_of_aligned_minus_raw_per_phase():
 
 def test_label_permutation_test_exact_and_monte_carlo():
     hi, lo = np.array([5.0, 6.0, 7.0]), np.array([0.0, 1.0, 2.0, 1.5])
-    t = gauge.permutation_test(hi, lo)
+    t = stats.permutation_test(hi, lo)
     assert t["exact"] and t["null"].size == math.comb(7, 3)
     assert t["p"] == pytest.approx(1 / 35)
     assert t["null"].mean() == pytest.approx(0.0, abs=1e-12)
-    t_rev = gauge.permutation_test(lo[:3], np.concatenate([hi, lo[3:]]))
+    t_rev = stats.permutation_test(lo[:3], np.concatenate([hi, lo[3:]]))
     assert t_rev["p"] > 0.9
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal(15), rng.standard_normal(15)
-    mc = gauge.permutation_test(x, y, seed=3)
-    assert not mc["exact"] and mc["null"].size == gauge.PERMUTATION_TEST_DRAWS
-    assert mc["p"] == gauge.permutation_test(x, y, seed=3)["p"]
+    mc = stats.permutation_test(x, y, seed=3)
+    assert not mc["exact"] and mc["null"].size == stats.PERMUTATION_TEST_DRAWS
+    assert mc["p"] == stats.permutation_test(x, y, seed=3)["p"]
 
 
 def test_e_exceeds_c_needs_phase_e():
@@ -412,21 +413,21 @@ def test_cost_model_counts_every_part_and_scales_with_depth():
               "down_proj": (2560, 9728)}
     rates = {"gemm_f32_gflops": 100.0, "gemm_bf16_gflops": 200.0, "eig512_s": 0.01,
              "lsa512_s": 0.02}
-    e36 = gauge.estimate(shapes, 36, rates=rates)
-    e3 = gauge.estimate(shapes, 3, rates=rates)
+    e36 = gauge_cost.estimate(shapes, 36, rates=rates)
+    e3 = gauge_cost.estimate(shapes, 3, rates=rates)
     assert e36.attrs["pairs"] == 35 and e36.attrs["total_s"] > 10 * e3.attrs["total_s"]
     # q: Gram 2·4096·2560² flops at 100 GFLOP/s + a third of a 2560 eigensolve
     assert e36.loc["q_proj", "factor"] == pytest.approx(2 * 4096 * 2560 ** 2 / 1e11 + 0.01 * 125 / 3)
     assert e36.loc["gate_proj", "assignment"] > 0 and e36.loc["up_proj", "observed"] == 0
     assert e36.loc["k_proj", "factor"] == 0  # n < m: the matrix is its own factor
-    assert "min for 35 adjacent pairs" in gauge.describe_estimate(e36)
+    assert "min for 35 adjacent pairs" in gauge_cost.describe_estimate(e36)
 
 
 def test_similarity_dtype_is_bf16_only_for_exact_bf16_inputs():
     w = torch.randn(8, 8).bfloat16().float()
-    got = gauge.similarity_dtype([w], "cpu")
-    assert got == (torch.bfloat16 if gauge._bf16_fast(torch.device("cpu")) else torch.float32)
-    assert gauge.similarity_dtype([w + 1e-3], "cpu") == torch.float32
+    got = assignment.similarity_dtype([w], "cpu")
+    assert got == (torch.bfloat16 if assignment._bf16_fast(torch.device("cpu")) else torch.float32)
+    assert assignment.similarity_dtype([w + 1e-3], "cpu") == torch.float32
 
 
 # -- CUDA against CPU (skipped without a GPU) -------------------------------------------------
