@@ -211,7 +211,7 @@ def gauge(path: str, device: str = "cpu", budget_s: float | None = None,
           draws: int | None = None, seed: int = 0) -> dict:
     from scipy.optimize import linear_sum_assignment
     if draws is None:
-        from probes.gauge import NULL_DRAWS as draws  # the same number of null draws
+        from probes.gauge import MIN_NULL_DRAWS as draws  # what the probe needs on large models
     model = load_model(path, "cpu")
     num_layers = model.config.num_hidden_layers
     layers = float_copies(model, as_numpy=False)

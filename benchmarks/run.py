@@ -78,11 +78,13 @@ def _head_metric_adjacent_request(mod, model, device, seed):
 
 
 def _gauge_request(mod, model, device, seed):
-    # fixtures/gauge.py: draws, seed, and the assignment thresholds are the key
-    prm = {"draws": mod.NULL_DRAWS, "seed": seed,
-           "exact_assignment_max": mod.EXACT_ASSIGNMENT_MAX, "approx_core": mod.APPROX_CORE}
-    return mod.PROBE_ID, mod.VERSION, prm, lambda: mod.compute(model, draws=mod.NULL_DRAWS,
-                                                               seed=seed)
+    # fixtures/gauge.py: gauge.params(seed, device) is the key; the cost model's estimate
+    # (probes.gauge_cost) is printed before the probe starts
+    from probes import gauge_cost
+    est = gauge_cost.estimate(gauge_cost.model_shapes(model), model.layout.num_layers, device)
+    print(gauge_cost.describe_estimate(est), flush=True)
+    return mod.PROBE_ID, mod.VERSION, mod.params(seed, device), lambda: mod.compute(
+        model, seed=seed, device=device)
 
 
 PROBES: dict[str, ProbeEntry] = {e.name: e for e in (

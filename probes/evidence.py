@@ -32,6 +32,7 @@ class Claim:
     null: str               # what the null is
     direction: Direction = "greater"
     min_effect: float = 0.0  # in the statistic's units; the margin for "equivalent"
+    min_effect_why: str = ""  # why that minimum: the scale below which a difference is no finding
 
 
 @dataclass

@@ -15,7 +15,7 @@ Orthogonal alignment (every projection family). For layers L, L' with internal-m
     max_{R ∈ O(n)} ⟨R A, B⟩ = ‖B Aᵀ‖_*          (nuclear norm; von Neumann's trace inequality)
     aligned_cos = ‖B Aᵀ‖_* / (‖A‖_F ‖B‖_F)
 
-computed without forming the n × n product when n > m: with thin QR factors A = Q_A C_A,
+computed without forming the n × n product when n > m: with factors A = Q_A C_A (any C with Cᵀ C = Aᵀ A: a thin QR, or the Cholesky factor of the Gram the probe uses),
 B = Q_B C_B (C: m × m) the nonzero singular values of B Aᵀ are those of C_B C_Aᵀ, and for any
 M acting on the residual side ‖B M Aᵀ‖_* = ‖C_B M C_Aᵀ‖_*. So each layer is reduced once to a
 ``min(n, m) × m`` *compact factor* and every alignment (observed and null) is a small product.
@@ -37,11 +37,15 @@ Permutation alignment (MLP). The MLP's exact discrete symmetry is a neuron permu
 by gate rows, up rows and down columns. With each family's internal-major matrix scaled to unit
 Frobenius norm and the three concatenated along the residual side (``X``: ff × 3·hidden), the
 assignment π maximising Σ_i ⟨X_L[i], X_L'[π(i)]⟩ — i.e. the sum of the three permuted cosines —
-is solved by ``scipy.optimize.linear_sum_assignment`` on the ff × ff similarity X_L X_L'ᵀ;
-``perm_aligned_cos`` per family is that family's cosine under the shared π. (The joint sign
-flip / rescaling of an up row and its down column is also exact and is not aligned over.)
-The solver is cubic: above ``EXACT_ASSIGNMENT_MAX`` neurons a stated approximation is used
-and the result records ``assignment = "approx:<method>"``.
+is found by ``probes.assignment`` on the ff × ff similarity X_L X_L'ᵀ: exact
+(``linear_sum_assignment``) up to ``EXACT_ASSIGNMENT_MAX`` = 4096 neurons, above it the stated
+approximation ``approx:knn32+sparse-lsa`` (a sparse nearest-neighbour candidate graph matched
+exactly; its gap to the exact solver is measured there, and recorded per pair as
+``assignment_gap``). ``perm_aligned_cos`` per family is that family's cosine under the shared
+π. (The joint sign flip / rescaling of an up row and its down column is also exact and is not
+aligned over.) Above ``EXACT_ASSIGNMENT_MAX`` neurons the MLP families' orthogonal O(ff)
+alignment (not a symmetry of the MLP, and the costliest of the orthogonal ones) is not
+computed: their orth_* fields are NaN.
 
 Null (spectrum preserving). The same alignment of layer L against layer L' whose residual side
 is scrambled by a random signed permutation S (random permutation × random ±1): B → B S. This
@@ -49,28 +53,39 @@ keeps every singular value (and the column-norm multiset) of B, so it keeps ever
 alignment of *unrelated* matrices with those spectra can reach, and destroys the
 correspondence between L and L' through the residual basis they share. One S per draw is
 applied to all families of L' (a functionally equivalent layer in a scrambled residual basis),
-``draws`` seeded draws per pair (seed, first layer); the permutation null uses the first
-``perm_draws`` of them (each costs an ff × ff assignment, ≈ 0.25 s at ff = 1536; its per-pair
-sd is ≈ 0.001, so 4 draws fix its mean to ≈ 0.0005, far below any margin used). On matrices
+seeded by (seed, first layer). A null draw reuses both layers' factors: (C_B S)ᵀ is a row
+gather of C_Bᵀ. Draws per pair and family: ``MIN_NULL_DRAWS`` = 2, then one more at a time while
+the null mean's standard error sd/√d exceeds ``NULL_SE_TARGET`` = 0.001 (20× below the claims'
+0.02 margins), up to ``NULL_DRAWS`` = 8 (orthogonal) / ``PERM_NULL_DRAWS`` = 4 (permutation);
+unused draws are NaN. Measured null sds: ≈ 1e-4 on Qwen3-4B shapes (two draws suffice),
+0.001–0.003 on SmolLM2, ≈ 0.01 on 64-wide synthetic models (they reach the cap). On matrices
 with i.i.d. entries (random init) the observed alignment and the null have the same
 distribution, so excess ≈ 0.
 
 Fields per family and adjacent pair (L, L+1): raw_cos; aligned_cos (primary alignment: the
 permutation for MLP families, orthogonal otherwise); null_aligned_mean / null_aligned_sd over
-the draws; excess = aligned − null mean; delta = aligned − raw. MLP families also carry the
-orthogonal versions (orth_*).
+the draws made; excess = aligned − null mean; delta = aligned − raw. MLP families also carry
+the orthogonal versions (orth_*).
 
-Cost. Layers are streamed: at most layers L and L+1 are held (float32 internal-major copies and
-their compact factors). Per pair: one batched float32 Gram + ``ssyevr`` per family for the
-observed and null nuclear norms (relative error ≲ 1e-5 against float64, tested), and
-1 + perm_draws ff × ff assignments. Independent jobs run on a thread pool (LAPACK, BLAS and
-``linear_sum_assignment`` release the GIL); results do not depend on the thread count.
+Precision. Factors: the float32 Gram AᵀA (one GEMM; a float64 QR is ≈ 30× slower on a CPU),
+then C = Lᵀ from its float64 Cholesky (eigendecomposition if singular). Nuclear norms: float32
+products, eigenvalues of the float32 Gram. Measured against float64: ≤ 2.5e-5 relative on
+spectra spanning three decades, tested at ≤ 1e-4 — 200× below the margins, and shared by the
+observed value and its null. The MLP similarity only ranks candidate neurons (bf16 on a bf16
+checkpoint when the hardware multiplies bf16 faster: ``probes.assignment``); every reported
+cosine is float32 products summed in float64.
+
+Execution. Layers are streamed: at most layers L and L+1 are held (float32 internal-major
+copies, factors, bf16 neuron vectors). Independent jobs run on a thread pool (torch, LAPACK and
+the assignment solvers release the GIL); results do not depend on the thread count. Everything
+but the assignment solvers runs on ``device`` (CUDA included). The cost model
+(``probes.gauge_cost``) estimates the run time from these operation counts and is printed
+before the probe starts.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -78,27 +93,24 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
-import scipy.linalg
+import torch
 from scipy import stats as sps
-from scipy.optimize import linear_sum_assignment
 
-from . import stats
+from . import assignment, stats
 from .errors import NotApplicable
 from .evidence import Evidence, Profile
 from .models.base import INTERNAL_SIDE, PROJECTIONS
 from .phases import adjacent_pairs
 
 PROBE_ID = "gauge"
-VERSION = "3"
+VERSION = "4"
 
-NULL_DRAWS = 8                  # signed-permutation draws per adjacent pair (orthogonal null)
-PERM_NULL_DRAWS = 4             # the first 4 of them also for the permutation null (cost below)
-EXACT_ASSIGNMENT_MAX = 4096     # linear_sum_assignment is O(ff³): exact up to this many neurons
-APPROX_CORE = 2048              # approximation above it: exact on the top-norm core, greedy rest
+NULL_DRAWS = 8                  # most signed-permutation draws per pair (orthogonal null)
+PERM_NULL_DRAWS = 4             # most for the permutation null (each costs an ff × ff matching)
+MIN_NULL_DRAWS = 2              # fewest: two give the per-pair null sd
+NULL_SE_TARGET = 0.001          # draws are added until the null mean's se sd/√d ≤ this
 MLP_FAMILIES = ("gate_proj", "up_proj", "down_proj")
 NULL_KIND = "spectrum-preserving: alignment against L+1 with its residual side sign-permuted"
-PERMUTATION_TEST_EXACT_MAX = 20000  # exact label enumeration up to this many splits
-PERMUTATION_TEST_DRAWS = 19999      # Monte Carlo label permutations above it
 
 
 def gauge_of(family: str) -> str:
@@ -106,7 +118,7 @@ def gauge_of(family: str) -> str:
     return "permutation" if family in MLP_FAMILIES else "orthogonal"
 
 
-# -- pure maths on arrays ---------------------------------------------------------------------
+# -- pure maths on arrays (float64 references) --------------------------------------------------
 def internal_major(weight, family: str) -> np.ndarray:
     """The weight with its layer-internal side as rows (``n × m``, m = residual side), float64."""
     a = np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight, dtype=np.float64)
@@ -123,12 +135,8 @@ def compact_factor(a: np.ndarray) -> np.ndarray:
 
 
 def nuclear_norms(m: np.ndarray) -> np.ndarray:
-    """Nuclear norm (sum of singular values) of each matrix in a ``[..., p, q]`` stack.
-
-    Via the eigenvalues of the smaller Gram (Mᵀ M or M Mᵀ) in float64: eigvalsh of a symmetric
-    matrix is about twice as fast as an SVD, and the absolute error per singular value is
-    ≲ √(p·eps)·σ_max, far below the cosine resolution used here.
-    """
+    """Nuclear norm (sum of singular values) of each matrix in a ``[..., p, q]`` stack, float64
+    (eigenvalues of the smaller Gram; the reference the fast paths are tested against)."""
     m = np.asarray(m, dtype=np.float64)
     g = m.swapaxes(-1, -2) @ m if m.shape[-1] <= m.shape[-2] else m @ m.swapaxes(-1, -2)
     ev = np.linalg.eigvalsh(g)
@@ -149,35 +157,67 @@ def signed_permutations(m: int, draws: int, rng: np.random.Generator) -> tuple[n
     return perms, signs
 
 
-def scramble_residual(x: np.ndarray, perm: np.ndarray, sign: np.ndarray) -> np.ndarray:
+def scramble_residual(x, perm, sign):
     """x S: columns (residual side) of an internal-major matrix permuted and sign-flipped."""
     return x[..., perm] * sign
 
 
-def nuclear_norms_fast(m: np.ndarray) -> np.ndarray:
-    """:func:`nuclear_norms` in float32 (Gram by BLAS, eigenvalues by LAPACK ``ssyevr``): about
-    2× faster; relative error ≲ 1e-5 (checked against float64 in the tests), three orders of
-    magnitude below the null's per-pair sd."""
-    m = np.asarray(m, dtype=np.float32)
-    g = m.swapaxes(-1, -2) @ m if m.shape[-1] <= m.shape[-2] else m @ m.swapaxes(-1, -2)
-    flat = g.reshape(-1, *g.shape[-2:])
-    ev = np.stack([scipy.linalg.eigh(x, eigvals_only=True, driver="evr", check_finite=False)
-                   for x in flat]).astype(np.float64)
-    return np.sqrt(np.clip(ev, 0.0, None)).sum(axis=-1).reshape(g.shape[:-2])
+# -- the fast paths (torch, any device) --------------------------------------------------------
+def _t(x, device=None, dtype=torch.float32) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(device=device if device is not None else t.device, dtype=dtype)
 
 
-def orthogonal_alignment(ca: np.ndarray, cb: np.ndarray, norm_a: float, norm_b: float,
-                         perms: np.ndarray, signs: np.ndarray) -> tuple[float, np.ndarray]:
-    """Observed aligned cos of compact factors C_A, C_B and its null draws (C_B S per draw).
+def gram_factor(a: torch.Tensor) -> torch.Tensor:
+    """A ``min(n, m) × m`` factor C with Cᵀ C = Aᵀ A, float32, on A's device.
 
-    Uses ‖C_B S C_Aᵀ‖_* = ‖C_A (C_B S)ᵀ‖_* with (C_B S)ᵀ a row gather of C_Bᵀ (one batched
-    fancy index and one batched matmul for all draws), in float32 (:func:`nuclear_norms_fast`).
+    n ≤ m: C = A. n > m: the float32 Gram G = Aᵀ A (one GEMM, n·m² multiply-adds, where the
+    float64 QR of :func:`compact_factor` is ≈ 30× slower on a CPU), then C = Lᵀ from the float64
+    Cholesky G = L Lᵀ; a singular G (rank-deficient A) falls back to C = Λ^½ Vᵀ from its
+    eigendecomposition, negative rounding eigenvalues clipped. Any C with Cᵀ C = Aᵀ A gives the
+    same ‖C_B M C_Aᵀ‖_* (A = U C with U a partial isometry), so the alignment is unchanged up to
+    the float32 Gram's rounding (relative error ≲ 1e-5 on the cosines, tested against float64).
     """
-    ca32 = np.asarray(ca, dtype=np.float32)
-    cbt = np.ascontiguousarray(cb.T, dtype=np.float32)             # m × kb
-    stack = np.concatenate([cbt[None], cbt[perms] * signs[..., None].astype(np.float32)])
-    nn = nuclear_norms_fast(ca32 @ stack) / (norm_a * norm_b)
-    return float(nn[0]), nn[1:]
+    n, m = a.shape
+    if n <= m:
+        return a
+    g = (a.T @ a).double()
+    l, info = torch.linalg.cholesky_ex(g)
+    if int(info) == 0:
+        return l.T.contiguous().float()
+    ev, vec = torch.linalg.eigh(g)
+    return (vec * ev.clamp_min(0).sqrt()).T.contiguous().float()
+
+
+def nuclear_norms_fast(m) -> np.ndarray:
+    """:func:`nuclear_norms` in float32 on the input's device (torch): the smaller Gram by one
+    batched GEMM, its eigenvalues by ``torch.linalg.eigvalsh``, √ summed in float64. Relative
+    error ≲ 1e-5 against float64 (tested), three orders of magnitude below the null's sd."""
+    m = _t(m, dtype=torch.float32)
+    mt = m.transpose(-1, -2)
+    g = mt @ m if m.shape[-1] <= m.shape[-2] else m @ mt
+    ev = torch.linalg.eigvalsh(g).double()
+    return ev.clamp_min(0).sqrt().sum(-1).cpu().numpy()
+
+
+def orth_nuclear(ca: torch.Tensor, cbt: torch.Tensor, perm=None, sign=None) -> float:
+    """‖C_A (C_B S)ᵀ‖_* with C_Bᵀ given (``m × kb``): (C_B S)ᵀ is a row gather and sign flip of
+    C_Bᵀ, so a null draw reuses both layers' factors and costs one product and one eigensolve."""
+    if perm is not None:
+        cbt = cbt[torch.as_tensor(perm, device=cbt.device)] * torch.as_tensor(
+            sign, dtype=cbt.dtype, device=cbt.device)[:, None]
+    return float(nuclear_norms_fast(ca @ cbt))
+
+
+def orthogonal_alignment(ca, cb, norm_a: float, norm_b: float, perms: np.ndarray,
+                         signs: np.ndarray) -> tuple[float, np.ndarray]:
+    """Observed aligned cos of compact factors C_A, C_B and its null draws (C_B S per draw),
+    float32 (:func:`orth_nuclear`)."""
+    ca = _t(ca)
+    cbt = _t(cb).T.contiguous()
+    den = norm_a * norm_b
+    obs = orth_nuclear(ca, cbt) / den
+    return obs, np.array([orth_nuclear(ca, cbt, p, s) / den for p, s in zip(perms, signs)])
 
 
 def neuron_matrix(mlp: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -185,120 +225,69 @@ def neuron_matrix(mlp: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([mlp[f] / np.linalg.norm(mlp[f]) for f in MLP_FAMILIES], axis=1)
 
 
-def assign_exact(sim: np.ndarray) -> np.ndarray:
-    """π (neuron i of L ↦ π[i] of L') maximising Σ_i sim[i, π(i)]: linear_sum_assignment."""
-    rows, cols = linear_sum_assignment(sim, maximize=True)
-    perm = np.empty(sim.shape[0], dtype=np.int64)
-    perm[rows] = cols
-    return perm
+def _neurons(mlp: Mapping[str, torch.Tensor], norms: Mapping[str, float], dtype) -> torch.Tensor:
+    """ff × 3·hidden neuron vectors (gate, up, downᵀ rows, each family / its Frobenius norm)."""
+    return torch.cat([mlp[f] / norms[f] for f in MLP_FAMILIES], dim=1).to(dtype).contiguous()
 
 
-def assign_approx(za: np.ndarray, zb: np.ndarray, weight_a: np.ndarray,
-                  weight_b: np.ndarray, block: int = 1024) -> np.ndarray:
-    """Approximate assignment for ff > EXACT_ASSIGNMENT_MAX on neuron sketches ``za``, ``zb``
-    (ff × d, similarities ⟨za[i], zb[j]⟩): exact ``linear_sum_assignment`` among the APPROX_CORE
-    neurons of largest norm in each layer, then every other neuron of L, largest norm first,
-    takes its most similar unused neuron of L' (similarities computed ``block`` rows at a time,
-    so memory stays O(block · ff))."""
-    n = za.shape[0]
-    core_a = np.sort(np.argsort(-weight_a, kind="stable")[:APPROX_CORE])
-    core_b = np.sort(np.argsort(-weight_b, kind="stable")[:APPROX_CORE])
-    perm = np.full(n, -1, dtype=np.int64)
-    sub = assign_exact(za[core_a] @ zb[core_b].T)
-    perm[core_a] = core_b[sub]
-    free = np.ones(n, dtype=bool)
-    free[perm[core_a]] = False
-    rest = [i for i in np.argsort(-weight_a, kind="stable") if perm[i] < 0]
-    for k in range(0, len(rest), block):
-        rows = np.asarray(rest[k:k + block])
-        sims = za[rows] @ zb.T
-        for r, i in enumerate(rows):
-            j = int(np.argmax(np.where(free, sims[r], -np.inf)))
-            perm[i] = j
-            free[j] = False
-    return perm
+def _scramble_neurons(x: torch.Tensor, perm: np.ndarray, sign: np.ndarray) -> torch.Tensor:
+    """The neuron vectors of L' with the same signed permutation S on each family's residual side."""
+    h = len(perm)
+    idx = torch.as_tensor(np.concatenate([perm + k * h for k in range(3)]), device=x.device)
+    s = torch.as_tensor(np.tile(sign, 3), dtype=x.dtype, device=x.device)
+    return x[:, idx] * s
 
 
-def match_neurons(sim: np.ndarray, weight_a: np.ndarray | None = None,
-                  weight_b: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """The neuron permutation maximising Σ_i sim[i, π(i)] for a given similarity matrix:
-    exact up to EXACT_ASSIGNMENT_MAX neurons, else :func:`assign_approx` on its rows/columns."""
-    n = sim.shape[0]
-    if n <= EXACT_ASSIGNMENT_MAX:
-        return assign_exact(sim), "exact"
-    wa = np.ones(n) if weight_a is None else weight_a
-    wb = np.ones(n) if weight_b is None else weight_b
-    return assign_approx(sim, np.eye(n, dtype=sim.dtype), wa, wb), f"approx:topnorm{APPROX_CORE}+greedy"
-
-
-RP_DIM = 256  # sketch width of the approximate matching (seeded Gaussian projection)
-
-
-def permutation_jobs(mlp_a: Mapping[str, np.ndarray], mlp_b: Mapping[str, np.ndarray],
-                     perms: np.ndarray, signs: np.ndarray, seed: int = 0):
-    """The work of :func:`permutation_alignment` as independent jobs (observed pair first, then
-    one per null draw) and the function that assembles their results.
-
-    Everything is float32 (the similarity only ranks candidate matches; cosines are summed in
-    float64) and formed per family, never as one ff × 3·hidden matrix. Above
-    EXACT_ASSIGNMENT_MAX neurons the matching runs on a seeded Gaussian sketch of the neuron
-    vectors (RP_DIM dims, inner products preserved in expectation) with :func:`assign_approx`;
-    the cosines are still exact under the matching found. A null draw scrambles L' by S;
-    for the sketch, (F S) P = F (S P), so only the small projection is scrambled.
-    """
-    fa = {f: (mlp_a[f] / np.linalg.norm(mlp_a[f])).astype(np.float32) for f in MLP_FAMILIES}
-    fb = {f: (mlp_b[f] / np.linalg.norm(mlp_b[f])).astype(np.float32) for f in MLP_FAMILIES}
-    n, h = fa["gate_proj"].shape
-    wa = np.sqrt(sum(np.einsum("ij,ij->i", x, x, dtype=np.float64) for x in fa.values()))
-    wb = np.sqrt(sum(np.einsum("ij,ij->i", x, x, dtype=np.float64) for x in fb.values()))
-    exact = n <= EXACT_ASSIGNMENT_MAX
-    method = "exact" if exact else f"approx:rp{RP_DIM}+topnorm{APPROX_CORE}+greedy"
-    if not exact:
-        rng = np.random.default_rng([seed, n, h])
-        proj = {f: (rng.standard_normal((h, RP_DIM)) / math.sqrt(RP_DIM)).astype(np.float32)
-                for f in MLP_FAMILIES}
-        za = sum(fa[f] @ proj[f] for f in MLP_FAMILIES)
-    scrambles = [None] + list(zip(perms, signs))
-
-    def scrambled(f, scr):
-        return fb[f] if scr is None else scramble_residual(fb[f], scr[0], scr[1].astype(np.float32))
-
-    def job(scr):
-        if exact:
-            sim = np.zeros((n, n), dtype=np.float32)
-            for f in MLP_FAMILIES:
-                sim += fa[f] @ scrambled(f, scr).T
-            perm = assign_exact(sim)
-            del sim
-        else:
-            zb = 0
-            for f in MLP_FAMILIES:
-                sp = proj[f] if scr is None else np.zeros_like(proj[f])
-                if scr is not None:  # rows of S P: (S P)[p[j]] = s[j] P[j]
-                    sp[scr[0]] = scr[1][:, None].astype(np.float32) * proj[f]
-                zb = zb + fb[f] @ sp
-            perm = assign_approx(za, zb, wa, wb)
-        return np.array([np.einsum("ij,ij->", fa[f], scrambled(f, scr)[perm], dtype=np.float64)
-                         for f in MLP_FAMILIES])
-
-    def finish(got):
-        cos = np.stack(got)  # [1 + draws, families]
-        return ({f: float(cos[0, i]) for i, f in enumerate(MLP_FAMILIES)},
-                {f: cos[1:, i] for i, f in enumerate(MLP_FAMILIES)}, method)
-
-    return [functools.partial(job, scr) for scr in scrambles], finish
+def permutation_cosines(fa: Mapping[str, torch.Tensor], fb: Mapping[str, torch.Tensor],
+                        perm: np.ndarray, scr=None) -> np.ndarray:
+    """Per MLP family cos(A_f, P B_f S): float32 products summed in float64."""
+    p = torch.as_tensor(perm, device=fb["gate_proj"].device)
+    out = []
+    for f in MLP_FAMILIES:
+        b = fb[f] if scr is None else scramble_residual(
+            fb[f], torch.as_tensor(scr[0], device=p.device),
+            torch.as_tensor(scr[1], dtype=fb[f].dtype, device=p.device))
+        out.append(float((fa[f] * b[p]).sum(dtype=torch.float64)))
+    return np.array(out)
 
 
 def permutation_alignment(mlp_a: Mapping[str, np.ndarray], mlp_b: Mapping[str, np.ndarray],
-                          perms: np.ndarray, signs: np.ndarray, seed: int = 0):
+                          perms: np.ndarray, signs: np.ndarray, seed: int = 0, device="cpu"):
     """Shared-permutation alignment of two MLPs (internal-major gate, up, downᵀ) and its null.
 
     Null draw d scrambles the residual side of all three families of L' with the same signed
     permutation (perms[d], signs[d]). Returns (observed {family: cos}, null {family: [draws]},
     method of the assignment: "exact" or "approx:...").
     """
-    jobs, finish = permutation_jobs(mlp_a, mlp_b, perms, signs, seed)
-    return finish([j() for j in jobs])
+    a = {f: _t(mlp_a[f], device) for f in MLP_FAMILIES}
+    b = {f: _t(mlp_b[f], device) for f in MLP_FAMILIES}
+    mp = _MLPPair(a, b, seed=seed, sim_dtype=torch.float32)
+    got = [mp.draw(None)] + [mp.draw((p, s)) for p, s in zip(perms, signs)]
+    cos = np.stack([g[0] for g in got])
+    return ({f: float(cos[0, i]) for i, f in enumerate(MLP_FAMILIES)},
+            {f: cos[1:, i] for i, f in enumerate(MLP_FAMILIES)}, got[0][1])
+
+
+class _MLPPair:
+    """One adjacent pair's MLPs, unit-norm per family, ready for the observed and null matchings."""
+
+    def __init__(self, a, b, seed: int, sim_dtype, layer: int = 0):
+        self.fa = {f: a[f] / float(torch.linalg.vector_norm(a[f], dtype=torch.float64)) for f in MLP_FAMILIES}
+        self.fb = {f: b[f] / float(torch.linalg.vector_norm(b[f], dtype=torch.float64)) for f in MLP_FAMILIES}
+        one = {f: 1.0 for f in MLP_FAMILIES}
+        self.xa = _neurons(self.fa, one, sim_dtype)
+        self.xb = _neurons(self.fb, one, sim_dtype)
+        self.n = self.xa.shape[0]
+        self.rng = np.random.default_rng([seed, layer, 7])
+
+    def draw(self, scr):
+        """(cosines per family, method, gap) of the observed pair (scr None) or one null draw."""
+        xb = self.xb if scr is None else _scramble_neurons(self.xb, scr[0], scr[1])
+        perm, method = assignment.match_neurons(self.xa, xb)
+        gap = 0.0
+        if method != "exact" and scr is None:
+            gap = assignment.subproblem_gap(self.xa, xb, perm, assignment.GAP_CHECK, self.rng)
+        return permutation_cosines(self.fa, self.fb, perm, scr), method, gap
 
 
 class _Serial:
@@ -311,8 +300,8 @@ class _Serial:
 def default_threads() -> int:
     """Threads for the probe: OMP_NUM_THREADS when set, else the cores this process may use.
 
-    LAPACK (eigvalsh, QR), BLAS and ``linear_sum_assignment`` all release the GIL, so a thread
-    pool runs the per-family alignments and the per-draw assignments side by side."""
+    LAPACK, BLAS, torch and the assignment solvers release the GIL, so a thread pool runs
+    independent alignments side by side."""
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -322,51 +311,98 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def params(seed: int, device: str = "cpu") -> dict:
+    """The cache key's parameters (everything that changes the result besides the weights)."""
+    return {"draws": NULL_DRAWS, "perm_draws": PERM_NULL_DRAWS, "min_draws": MIN_NULL_DRAWS,
+            "null_se": NULL_SE_TARGET, "seed": seed,
+            "exact_assignment_max": assignment.EXACT_ASSIGNMENT_MAX,
+            "candidates": assignment.CANDIDATES, "gap_check": assignment.GAP_CHECK,
+            "similarity": "bf16" if assignment._bf16_fast(torch.device(device)) else "float32"}
+
+
 # -- the probe -----------------------------------------------------------------------------
-def _prepare(weights: Mapping[str, object], pool) -> dict[str, dict]:
-    """Per family: internal-major matrix, its norm and compact factor (NaN norm if unusable)."""
+def _prepare(weights: Mapping[str, object], device, pool) -> dict[str, dict]:
+    """Per family: internal-major float32 matrix on ``device``, its float64 norm and compact
+    factor Cᵀ (:func:`gram_factor`; NaN norm if unusable)."""
     def one(item):
         fam, w = item
-        a = internal_major(w, fam)
-        norm = float(np.linalg.norm(a))
+        a = _t(w, device)
+        a = a.T if INTERNAL_SIDE[fam] == "cols" else a
+        norm = float(torch.linalg.vector_norm(a, dtype=torch.float64))
         ok = math.isfinite(norm) and norm > 0
-        # held in float32 (two layers at a time); the QR is done in float64
-        return fam, {"a": a.astype(np.float32), "norm": norm if ok else float("nan"),
-                     "c": compact_factor(a).astype(np.float32) if ok else None}
+        return fam, {"a": a, "norm": norm if ok else float("nan"), "fam": fam}
     return dict(pool.map(one, list(weights.items())))
+
+
+def _factor(x: dict) -> None:
+    if "ct" not in x:
+        x["c"] = gram_factor(x["a"])
+        x["ct"] = x["c"].T.contiguous()
 
 
 def _usable(*prepared) -> bool:
     return all(math.isfinite(x["norm"]) for x in prepared)
 
 
+def _needs_more(null: np.ndarray, d: int, cap: int, target: float) -> bool:
+    """Whether a null with ``d`` draws so far needs another: se = sd/√d above ``target``."""
+    if d >= cap:
+        return False
+    if d < 2:
+        return True
+    vals = null[:d]
+    if not np.all(np.isfinite(vals)):
+        return False
+    return float(np.std(vals, ddof=1)) / math.sqrt(d) > target
+
+
 def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NULL_DRAWS,
                         seed: int = 0, families: Iterable[str] | None = None,
-                        perm_draws: int = PERM_NULL_DRAWS, threads: int | None = None) -> dict:
+                        perm_draws: int = PERM_NULL_DRAWS, threads: int | None = None,
+                        min_draws: int = MIN_NULL_DRAWS, null_se: float = NULL_SE_TARGET,
+                        device: str = "cpu", sim_dtype: torch.dtype | None = None,
+                        on_pair=None) -> dict:
     """The probe on a stream of layers (each ``{family: [out, in] weight}``, in depth order).
 
-    Holds two prepared layers at a time. Returns a dict of numpy arrays (cacheable): ``pairs``
+    Holds two prepared layers at a time. Null draws per pair and family: at least
+    ``min(min_draws, cap)``, then one more at a time while the null mean's standard error
+    sd/√d exceeds ``null_se``, up to the cap (``draws`` orthogonal, ``perm_draws`` permutation;
+    ``null_se=0`` always uses the cap). Returns a dict of numpy arrays (cacheable): ``pairs``
     (first layer of each adjacent pair) and per family ``<fam>.raw_cos``, ``<fam>.orth_aligned``,
-    ``<fam>.orth_null`` ([pairs, draws]); for MLP families ``<fam>.perm_aligned`` and
-    ``<fam>.perm_null`` ([pairs, perm_draws], the first ``perm_draws`` of the same signed
-    permutations); plus ``families``, ``draws``, ``perm_draws``, ``seed`` and ``assignment``.
-    Results do not depend on ``threads`` (default :func:`default_threads`).
+    ``<fam>.orth_null`` ([pairs, draws], NaN past the draws used); for MLP families
+    ``<fam>.perm_aligned`` and ``<fam>.perm_null`` ([pairs, perm_draws], the first of the same
+    signed permutations); ``assignment_gap`` per pair (``assignment.subproblem_gap``, summed over the
+    three MLP cosines; 0 for exact); plus ``families``, ``draws``, ``perm_draws``, ``seed``,
+    ``assignment``, ``similarity_dtype``. Above EXACT_ASSIGNMENT_MAX neurons the MLP families'
+    orthogonal alignment (not a symmetry of the MLP) is skipped: its orth_* fields are NaN.
+    Results do not depend on ``threads`` (default :func:`default_threads`; 1 on CUDA).
+    ``on_pair(L)`` is called after each pair (progress).
     """
     perm_draws = min(perm_draws, draws)
-    threads = default_threads() if threads is None else max(1, int(threads))
+    dev = torch.device(device)
+    if threads is None:
+        threads = 1 if dev.type == "cuda" else default_threads()
+    threads = max(1, int(threads))
     fams = [f for f in (families or PROJECTIONS) if f in INTERNAL_SIDE]
     rows: dict[str, dict[str, list]] = {}
     pairs: list[int] = []
-    methods: set[str] = set()
+    info = {"methods": set(), "gaps": [], "sim_dtype": None}
     prev = None
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         mapper = pool or _Serial()
         for layer, weights in enumerate(layers):
-            cur = _prepare({f: weights[f] for f in fams if weights.get(f) is not None}, mapper)
+            present = {f: weights[f] for f in fams if weights.get(f) is not None}
+            if sim_dtype is None and info["sim_dtype"] is None and all(f in present for f in MLP_FAMILIES):
+                info["sim_dtype"] = assignment.similarity_dtype(
+                    [_t(present[f]) for f in MLP_FAMILIES], dev)
+            cur = _prepare(present, dev, mapper)
             if prev is not None:
                 pairs.append(layer - 1)
-                methods |= _pair(prev, cur, layer - 1, fams, rows, draws, perm_draws, seed, pool)
+                _pair(prev, cur, layer - 1, fams, rows, draws, perm_draws, seed, mapper,
+                      min_draws, null_se, sim_dtype or info["sim_dtype"] or torch.float32, info)
+                if on_pair is not None:
+                    on_pair(layer - 1)
             prev = cur
     finally:
         if pool is not None:
@@ -383,12 +419,19 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
             width = perm_draws if k == "perm_null" else draws
             out[f"{f}.{k}"] = arr.reshape(len(pairs), width) if k.endswith("null") else arr
     out["families"] = present_fams
+    methods = info["methods"]
     out["assignment"] = "exact" if methods <= {"exact"} else sorted(methods - {"exact"})[0]
+    if info["gaps"]:
+        out["assignment_gap"] = np.asarray(info["gaps"], dtype=np.float64)
+    dt = sim_dtype or info["sim_dtype"]
+    out["similarity_dtype"] = str(dt).replace("torch.", "") if dt is not None else "float32"
     return out
 
 
-def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool) -> set[str]:
-    """Fill ``rows`` with the pair (L, L+1): raw, orthogonal and permutation alignments."""
+def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool, min_draws, null_se,
+          sim_dtype, info) -> None:
+    """Fill ``rows`` with the pair (L, L+1): raw, orthogonal and permutation alignments, the
+    nulls drawn in rounds (all first ``min_draws`` together, then one more where still needed)."""
     present = [f for f in fams if f in prev and f in cur]
     hidden = {prev[f]["a"].shape[1] for f in present}
     if len(hidden) > 1:
@@ -397,40 +440,85 @@ def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool) -> set[str]:
     perms, signs = signed_permutations(m, draws, np.random.default_rng([seed, L]))
     mlp = all(f in present for f in MLP_FAMILIES)
     mlp_ok = mlp and _usable(*(prev[f] for f in MLP_FAMILIES), *(cur[f] for f in MLP_FAMILIES))
+    ff = prev["gate_proj"]["a"].shape[0] if mlp else 0
+    skip_orth = {f for f in MLP_FAMILIES if ff > assignment.EXACT_ASSIGNMENT_MAX}
+    orth_fams = [f for f in present if f not in skip_orth and _usable(prev[f], cur[f])]
+    list(pool.map(_factor, [x[f] for x in (prev, cur) for f in orth_fams]))
 
-    def orth(f):
+    orth_obs = {f: np.nan for f in present}
+    orth_null = {f: np.full(draws, np.nan) for f in present}
+    perm_obs = {f: np.nan for f in MLP_FAMILIES}
+    perm_null = np.full((perm_draws, 3), np.nan)
+    used = {f: 0 for f in orth_fams}
+    pused = 0
+    mp = (_MLPPair({f: prev[f]["a"] for f in MLP_FAMILIES}, {f: cur[f]["a"] for f in MLP_FAMILIES},
+                   seed, sim_dtype, L) if mlp_ok else None)
+
+    def orth_job(f, d):
         a, b = prev[f], cur[f]
-        if not _usable(a, b):
-            return np.nan, np.nan, np.full(draws, np.nan)
-        raw = float(np.einsum("ij,ij->", a["a"], b["a"], dtype=np.float64) / (a["norm"] * b["norm"]))
-        return (raw, *orthogonal_alignment(a["c"], b["c"], a["norm"], b["norm"], perms, signs))
+        den = a["norm"] * b["norm"]
+        if d < 0:
+            return ("orth", f, d, orth_nuclear(a["c"], b["ct"]) / den)
+        return ("orth", f, d, orth_nuclear(a["c"], b["ct"], perms[d], signs[d]) / den)
 
-    # one flat list of independent jobs (the assignments, the longest, first)
-    perm_jobs, finish = (permutation_jobs({f: prev[f]["a"] for f in MLP_FAMILIES},
-                                          {f: cur[f]["a"] for f in MLP_FAMILIES},
-                                          perms[:perm_draws], signs[:perm_draws], seed)
-                         if mlp_ok else ([], None))
-    jobs = perm_jobs + [functools.partial(orth, f) for f in present]
-    got = list((pool or _Serial()).map(lambda job: job(), jobs))
-    for f, (raw, obs, null) in zip(present, got[len(perm_jobs):]):
+    def perm_job(d):
+        return ("perm", None, d, mp.draw(None if d < 0 else (perms[d], signs[d])))
+
+    jobs = []
+    if mp is not None:  # the assignments, the longest, first
+        jobs += [functools.partial(perm_job, d) for d in range(-1, min(min_draws, perm_draws))]
+        pused = min(min_draws, perm_draws)
+    for f in orth_fams:
+        jobs += [functools.partial(orth_job, f, d) for d in range(-1, min(min_draws, draws))]
+        used[f] = min(min_draws, draws)
+    while jobs:
+        for kind, f, d, val in pool.map(lambda job: job(), jobs):
+            if kind == "orth":
+                if d < 0:
+                    orth_obs[f] = val
+                else:
+                    orth_null[f][d] = val
+            else:
+                cos, method, gap = val
+                info["methods"].add(method)
+                if d < 0:
+                    perm_obs = dict(zip(MLP_FAMILIES, cos))
+                    if method != "exact":
+                        info["gaps"].append(gap)
+                else:
+                    perm_null[d] = cos
+        jobs = []
+        if mp is not None and any(_needs_more(perm_null[:, i], pused, perm_draws, null_se)
+                                  for i in range(3)):
+            jobs.append(functools.partial(perm_job, pused))
+            pused += 1
+        for f in orth_fams:
+            if _needs_more(orth_null[f], used[f], draws, null_se):
+                jobs.append(functools.partial(orth_job, f, used[f]))
+                used[f] += 1
+    for f in present:
+        a, b = prev[f], cur[f]
+        if _usable(a, b):
+            raw = float((a["a"] * b["a"]).sum(dtype=torch.float64)) / (a["norm"] * b["norm"])
+        else:
+            raw = np.nan
         r = rows.setdefault(f, {"raw_cos": [], "orth_aligned": [], "orth_null": []})
         r["raw_cos"].append(raw)
-        r["orth_aligned"].append(obs)
-        r["orth_null"].append(null)
-    methods: set[str] = set()
+        r["orth_aligned"].append(orth_obs[f])
+        r["orth_null"].append(orth_null[f])
     if mlp:
-        if mlp_ok:
-            obs, null, method = finish(got[:len(perm_jobs)])
-            methods.add(method)
-        for f in MLP_FAMILIES:
+        for i, f in enumerate(MLP_FAMILIES):
             r = rows[f]
-            r.setdefault("perm_aligned", []).append(obs[f] if mlp_ok else np.nan)
-            r.setdefault("perm_null", []).append(null[f] if mlp_ok else np.full(perm_draws, np.nan))
-    return methods
+            r.setdefault("perm_aligned", []).append(perm_obs[f] if mlp_ok else np.nan)
+            r.setdefault("perm_null", []).append(perm_null[:, i])
+    for x in (prev,):  # layer L's factors are no longer needed
+        for f in list(x):
+            x[f].pop("c", None)
+            x[f].pop("ct", None)
 
 
 def compute(model, draws: int = NULL_DRAWS, seed: int = 0, perm_draws: int = PERM_NULL_DRAWS,
-            threads: int | None = None) -> dict:
+            threads: int | None = None, device: str = "cpu", on_pair=None, **kw) -> dict:
     """Gauge alignment of every adjacent pair of ``model`` (a ``probes.models.base.Model``).
 
     Streams the projection families layer by layer (``model.iter_layers``): at most layers
@@ -438,10 +526,24 @@ def compute(model, draws: int = NULL_DRAWS, seed: int = 0, perm_draws: int = PER
     """
     fams = [f for f in PROJECTIONS if f in model.families]
     return compute_from_layers((w for _, w in model.iter_layers(fams)), draws=draws, seed=seed,
-                               families=fams, perm_draws=perm_draws, threads=threads)
+                               families=fams, perm_draws=perm_draws, threads=threads,
+                               device=device, on_pair=on_pair, **kw)
 
 
 # -- reading a result ------------------------------------------------------------------------
+def null_moments(null: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per pair: mean and sd (ddof 1; 0 with one draw) of the null draws actually made (NaN
+    past them) and their number. A pair with no finite draw has NaN mean."""
+    null = np.asarray(null, float)
+    used = np.isfinite(null).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.where(np.isfinite(null), null, 0.0).sum(axis=1)
+        mean = np.where(used > 0, total / np.maximum(used, 1), np.nan)
+        dev = np.where(np.isfinite(null), null - mean[:, None], 0.0)
+        sd = np.where(used > 1, np.sqrt((dev ** 2).sum(axis=1) / np.maximum(used - 1, 1)), 0.0)
+    return mean, sd, used
+
+
 def has_family(result: Mapping, family: str) -> bool:
     return family in list(result.get("families", []))
 
@@ -458,13 +560,12 @@ def family_fields(result: Mapping, family: str) -> dict[str, np.ndarray]:
     for prefix, k in (("", key), ("orth_", "orth")):
         aligned = np.asarray(result[f"{family}.{k}_aligned"], float)
         null = np.asarray(result[f"{family}.{k}_null"], float)
-        mean = null.mean(axis=1)
-        sd = null.std(axis=1, ddof=1) if null.shape[1] > 1 else np.zeros(len(mean))
+        mean, sd, used = null_moments(null)
         out.update({f"{prefix}aligned_cos": aligned, f"{prefix}null_aligned_mean": mean,
                     f"{prefix}null_aligned_sd": sd, f"{prefix}excess": aligned - mean,
                     f"{prefix}delta": aligned - raw})
         if not prefix:
-            null_draws = null.shape[1]
+            null_draws = used
     out["gauge"] = "permutation" if key == "perm" else "orthogonal"
     out["null_draws"] = null_draws
     return out
@@ -525,38 +626,17 @@ def _finite(ff: Mapping, sel: np.ndarray, family: str) -> None:
             raise NotApplicable(f"{family}: NaN/Inf or zero-norm weights in the pairs used")
 
 
-# -- statistics for the claims ----------------------------------------------------------------
-def label_permutation_null(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, bool]:
-    """Null of mean(x[first group]) − mean(x[rest]) over relabellings of the pooled values,
-    the first group of size ``k``: every split when C(n, k) ≤ PERMUTATION_TEST_EXACT_MAX
-    (returns exact=True; the observed split is among them), else PERMUTATION_TEST_DRAWS seeded
-    random splits."""
-    x = np.asarray(x, float)
-    n = x.size
-    total = x.sum()
-    if math.comb(n, k) <= PERMUTATION_TEST_EXACT_MAX:
-        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
-                             dtype=np.int64).reshape(-1, k)
-        exact = True
-    else:
-        rng = np.random.default_rng([seed, n, k])
-        combos = np.argsort(rng.random((PERMUTATION_TEST_DRAWS, n)), axis=1)[:, :k]
-        exact = False
-    s = x[combos].sum(axis=1)
-    return s / k - (total - s) / (n - k), exact
+def _assignment_extra(result: Mapping, ff: Mapping) -> dict:
+    """The record's note on the null draws used and, for the permutation, the assignment method
+    and its measured sub-problem gap (max over pairs, summed-cosine units)."""
+    out = {"null_draws": np.asarray(ff["null_draws"]).tolist(),
+           "assignment": result.get("assignment", "exact")}
+    if ff.get("gauge") == "permutation" and "assignment_gap" in result:
+        out["assignment_gap_max"] = float(np.max(result["assignment_gap"]))
+    return out
 
 
-def permutation_test(x_first: np.ndarray, x_second: np.ndarray, seed: int = 0) -> dict:
-    """Difference of means first − second and its label-permutation null (one-sided, greater)."""
-    x_first, x_second = np.asarray(x_first, float), np.asarray(x_second, float)
-    observed = float(x_first.mean() - x_second.mean())
-    null, exact = label_permutation_null(np.concatenate([x_first, x_second]), x_first.size, seed)
-    tol = 1e-12 * max(1.0, float(np.max(np.abs(null))))
-    ge = int(np.sum(null >= observed - tol))
-    p = ge / null.size if exact else (1 + int(np.sum(null >= observed))) / (null.size + 1)
-    return {"observed": observed, "null": null, "p": float(p), "exact": exact}
-
-
+# -- the claims ---------------------------------------------------------------------------------
 def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
                 first: str = "E", second: str = "C") -> Evidence:
     """``aligned-delta-E-exceeds-C``: mean excess (aligned − null-aligned) over E's adjacent pairs
@@ -572,8 +652,8 @@ def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
                             f"the label permutation test needs ≥ 1 each and ≥ 3 in all")
     both = np.concatenate([e, c])
     _finite(ff, both, family)
-    t = permutation_test(ff["excess"][e], ff["excess"][c], seed)
-    td = permutation_test(ff["delta"][e], ff["delta"][c], seed)
+    t = stats.permutation_test(ff["excess"][e], ff["excess"][c], seed)
+    td = stats.permutation_test(ff["delta"][e], ff["delta"][c], seed)
     null = t["null"]
     mu, sd = float(null.mean()), float(null.std(ddof=1))
     eff = t["observed"] - mu
@@ -590,7 +670,7 @@ def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
                f"mean_delta_{second}": float(ff["delta"][c].mean()),
                "raw_cos": ff["raw_cos"].tolist(), "excess": ff["excess"].tolist(),
                "null_aligned_sd": ff["null_aligned_sd"].tolist(),
-               "null_draws": ff["null_draws"], "assignment": result.get("assignment", "exact")})
+               **_assignment_extra(result, ff)})
 
 
 def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str,
@@ -609,9 +689,9 @@ def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str
         raise NotApplicable(f"phase {phase} has no adjacent pair")
     _finite(ff, sel, family)
     n = sel.size
-    draws = ff["null_draws"]
+    draws = np.asarray(ff["null_draws"])[sel]
     ex = ff["excess"][sel]
-    v_null = float(np.mean(ff["null_aligned_sd"][sel] ** 2)) * (1 + 1 / max(draws, 1))
+    v_null = float(np.mean(ff["null_aligned_sd"][sel] ** 2 * (1 + 1 / np.maximum(draws, 1))))
     s2 = float(ex.var(ddof=1)) if n > 1 else 0.0
     se = math.sqrt(max(s2, v_null) / n)
     df = n - 1 if n >= 3 else None
@@ -627,4 +707,4 @@ def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str
                "mean_raw_cos": float(ff["raw_cos"][sel].mean()),
                "mean_delta": float(ff["delta"][sel].mean()),
                "raw_cos": ff["raw_cos"].tolist(), "excess": ff["excess"].tolist(),
-               "null_draws": draws, "assignment": result.get("assignment", "exact")})
+               **_assignment_extra(result, ff)})

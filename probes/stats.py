@@ -1,4 +1,5 @@
-"""Small statistics shared by the probes: p-values, intervals, multiplicity.
+"""Small statistics shared by the probes: p-values, intervals, multiplicity, label permutation
+tests.
 
 Everything returns plain floats or numpy arrays. The Evidence builders orient the effect so the
 claimed direction is positive (see ``probes.evidence``).
@@ -6,6 +7,7 @@ claimed direction is positive (see ``probes.evidence``).
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -15,6 +17,8 @@ from scipy import stats as sps
 from .evidence import Direction, Evidence, Profile
 
 Z95 = float(sps.norm.ppf(0.975))
+PERMUTATION_TEST_EXACT_MAX = 20000  # exact label enumeration up to this many splits
+PERMUTATION_TEST_DRAWS = 19999      # Monte Carlo label permutations above it
 
 
 def oriented(observed: float, null_mean: float, direction: Direction) -> float:
@@ -100,3 +104,87 @@ def evidence_vs_null_samples(observed: float, null_samples: np.ndarray, directio
     return Evidence(observed=float(observed), null_kind=null_kind, null_mean=mu, null_sd=sd,
                     effect=eff, ci=(eff - Z95 * sd, eff + Z95 * sd), p=p, profile=profile,
                     extra={"null_draws": int(null_samples.size), **extra})
+
+
+def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) two-sided ``conf`` interval of a binomial rate, k of n.
+
+    Its upper end is the one-sided (1 + conf)/2 upper bound: with conf = 0.90 and k = 0 it is
+    1 − 0.05^(1/n) (0.139 for n = 20, below 0.10 from n = 29 on)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"clopper_pearson: need 0 ≤ k ≤ n and n > 0, got k={k}, n={n}")
+    tail = (1 - conf) / 2
+    lo = 0.0 if k == 0 else float(sps.beta.ppf(tail, k, n - k + 1))
+    hi = 1.0 if k == n else float(sps.beta.ppf(1 - tail, k + 1, n - k))
+    return lo, hi
+
+
+def paired_difference(diff: Sequence[float], direction: Direction = "greater",
+                      null_kind: str = "no difference (paired t over pairs)",
+                      min_pairs: int = 2, profile: Profile | None = None,
+                      **extra) -> Evidence:
+    """Evidence for "the mean of paired differences is positive" (or negative, or either, by
+    ``direction``): one-sample t test of ``diff`` against 0 over its entries (e.g. a phase's
+    adjacent pairs), null mean 0, null sd = the mean's standard error, effect oriented so the
+    claimed direction is positive, 95 % t interval of that effect.
+
+    Raises :class:`~probes.errors.NotApplicable` when there are fewer than ``min_pairs``
+    (default 2: one value has no spread, so no t statistic and no interval) or non-finite
+    differences, or when every difference is equal (zero spread). So a claim built on it needs
+    no guard of its own and never emits NumPy's "degrees of freedom <= 0" warnings.
+    """
+    from .errors import NotApplicable
+    x = np.asarray(diff, dtype=float)
+    if x.size < min_pairs:
+        raise NotApplicable(f"{x.size} paired difference(s); need ≥ {min_pairs}")
+    if not np.all(np.isfinite(x)):
+        raise NotApplicable("a paired difference is NaN/Inf (zero-norm or non-finite inputs)")
+    if np.ptp(x) == 0:
+        raise NotApplicable("every paired difference is equal: no spread to test against")
+    n = x.size
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(n))
+    sign = -1.0 if direction == "less" else 1.0
+    eff = sign * mean
+    q = float(sps.t.ppf(0.975, n - 1))
+    t = mean / se
+    if direction == "greater":
+        p = float(sps.t.sf(t, n - 1))
+    elif direction == "less":
+        p = float(sps.t.cdf(t, n - 1))
+    else:
+        p = float(2 * sps.t.sf(abs(t), n - 1))
+    return Evidence(observed=mean, null_kind=null_kind, null_mean=0.0, null_sd=se, effect=eff,
+                    ci=(eff - q * se, eff + q * se), p=p, profile=profile,
+                    extra={"pairs": int(n), "t": t, "df": n - 1, **extra})
+
+
+def label_permutation_null(x: np.ndarray, k: int, seed: int = 0) -> tuple[np.ndarray, bool]:
+    """Null of mean(x[first group]) − mean(x[rest]) over relabellings of the pooled values,
+    the first group of size ``k``: every split when C(n, k) ≤ PERMUTATION_TEST_EXACT_MAX
+    (returns exact=True; the observed split is among them), else PERMUTATION_TEST_DRAWS seeded
+    random splits."""
+    x = np.asarray(x, float)
+    n = x.size
+    total = x.sum()
+    if math.comb(n, k) <= PERMUTATION_TEST_EXACT_MAX:
+        combos = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)),
+                             dtype=np.int64).reshape(-1, k)
+        exact = True
+    else:
+        rng = np.random.default_rng([seed, n, k])
+        combos = np.argsort(rng.random((PERMUTATION_TEST_DRAWS, n)), axis=1)[:, :k]
+        exact = False
+    s = x[combos].sum(axis=1)
+    return s / k - (total - s) / (n - k), exact
+
+
+def permutation_test(x_first: np.ndarray, x_second: np.ndarray, seed: int = 0) -> dict:
+    """Difference of means first − second and its label-permutation null (one-sided, greater)."""
+    x_first, x_second = np.asarray(x_first, float), np.asarray(x_second, float)
+    observed = float(x_first.mean() - x_second.mean())
+    null, exact = label_permutation_null(np.concatenate([x_first, x_second]), x_first.size, seed)
+    tol = 1e-12 * max(1.0, float(np.max(np.abs(null))))
+    ge = int(np.sum(null >= observed - tol))
+    p = ge / null.size if exact else (1 + int(np.sum(null >= observed))) / (null.size + 1)
+    return {"observed": observed, "null": null, "p": float(p), "exact": exact}

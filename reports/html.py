@@ -15,6 +15,7 @@ import json
 import re
 from collections import Counter
 from html import escape
+from pathlib import Path
 
 from . import summary as S
 from .svg import heatmap_svg, profile_svg
@@ -26,6 +27,9 @@ COLOURS = {  # (background, strong)
     "N/A": ("#eceef1", "#8a9099"),
     "MIXED": ("#ffffff", "#555555"),
 }
+# the table "how far to trust each claim" (README), as benchmarks/calibration.py --json wrote it:
+# the page shows the rows of its claims and links each claim to its row
+TRUST_JSON = Path(__file__).resolve().parent.parent / "benchmarks" / "calibration.json"
 OPEN_TABLE_MAX = 16  # a claim × model's record table starts open up to this many rows
 OPEN_PLOTS_MAX = 8   # ... and its profile plots
 
@@ -153,8 +157,10 @@ def render_html(doc: dict) -> str:
              f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"]
     parts.append(_header(doc, models))
     parts.append(_matrix(claims, models, cells, claim_ids, cell_ids))
+    trust = trust_rows()
+    parts.append(_trust_section(claims, trust))
     for c in claims:
-        parts.append(_claim_section(doc, c, models, cells, claim_ids[c.id], cell_ids, ids))
+        parts.append(_claim_section(doc, c, models, cells, claim_ids[c.id], cell_ids, ids, trust))
     parts.append(_run_section(run, models))
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
@@ -236,14 +242,57 @@ def _matrix(claims, models, cells, claim_ids, cell_ids) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 
 
+# -- how far to trust each claim --------------------------------------------------------------
+def trust_rows(path: Path | None = None) -> dict:
+    """Claim id → its row of the trust table (``rows`` of the calibration summary); {} if absent."""
+    try:
+        return json.loads(Path(path or TRUST_JSON).read_text()).get("rows", {})
+    except (OSError, ValueError):
+        return {}
+
+
+TRUST_COLUMNS = (("null", "null"), ("min_effect", "minimum effect, and why"),
+                 ("fp_iid", "false positives: i.i.d. init"),
+                 ("fp_shuffled", "false positives: shuffled real"),
+                 ("power", "power at planted strength s"), ("power_0_8", "power ≥ 0.8 from"))
+
+
+def trust_anchor(claim_id: str) -> str:
+    return f"trust-{slug(claim_id)}"
+
+
+def _trust_section(claims, rows: dict) -> str:
+    known = [c for c in claims if c.id in rows]
+    if not known:
+        return ""
+    head = "".join(f"<th>{e(label)}</th>" for _, label in TRUST_COLUMNS)
+    body = "".join(f'<tr id="{trust_anchor(c.id)}"><th class="claim">{e(c.id)}</th>'
+                   + "".join(f"<td>{e(rows[c.id].get(k, ''))}</td>" for k, _ in TRUST_COLUMNS)
+                   + "</tr>" for c in known)
+    return (f'<section class="card" id="trust"><h2>How far to trust each claim</h2>'
+            f'<p class="note">False-positive rate on structure-free models of the default '
+            f'model\'s shapes and power on planted-structure models, measured by '
+            f'<code>python -m benchmarks.calibration</code> (the README\'s table).</p>'
+            f'<table class="records"><thead><tr><th>claim</th>{head}</tr></thead>'
+            f'<tbody>{body}</tbody></table></section>')
+
+
 # -- per claim -----------------------------------------------------------------------------
-def _claim_section(doc, c: S.ClaimInfo, models, cells, anchor, cell_ids, ids: Anchors) -> str:
+
+
+def _claim_section(doc, c: S.ClaimInfo, models, cells, anchor, cell_ids, ids: Anchors,
+                   trust: dict | None = None) -> str:
+    trust = trust or {}
     head = (f'<div class="claimhead"><h2>{e(c.id)}</h2><dl>'
             f'<dt>statement</dt><dd>{e(c.statement)}</dd>'
             f'<dt>statistic</dt><dd>{e(c.statistic)}</dd>'
             f'<dt>null</dt><dd>{e(c.null)}</dd>'
             f'<dt>supported when</dt><dd>p ≤ α and {e(S.direction_text(c.direction, c.min_effect))}</dd>'
-            f'</dl></div>')
+            + (f'<dt>calibration</dt><dd><a href="#{trust_anchor(c.id)}">how far to trust this '
+               f'claim</a>: false positives {e(trust[c.id].get("fp_iid"))} (i.i.d. init), '
+               f'{e(trust[c.id].get("fp_shuffled"))} (shuffled real); power ≥ 0.8 from '
+               f'{e(trust[c.id].get("power_0_8"))}</dd>' if c.id in trust else "")
+            + '</dl></div>')
     body = []
     for m in models:
         recs = S.records_for(doc, c.id, m)

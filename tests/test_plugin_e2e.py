@@ -176,12 +176,18 @@ def test_weight_claims_run_on_every_supported_architecture(tmp_path):
     assert all(r["twin"] is None for r in doc["records"])
 
 
-def test_gauge_claims_are_na_above_the_cpu_size_limit(tmp_path):
-    res = run_pytest(["hypotheses/test_gauge_delta_null.py", "--model=synthetic:tiny-llama",
-                      "--no-twin", "--gauge-max-hidden=32", "-rs"], tmp_path / "c", tmp_path / "r")
+def test_gauge_claims_run_without_a_size_limit_and_a_budget_says_what_it_skipped(tmp_path):
+    args = ["hypotheses/test_gauge_delta_null.py", "--model=synthetic:tiny-llama", "--no-twin", "-rs"]
+    run_pytest(args, tmp_path / "c", tmp_path / "r")
     doc = records(tmp_path / "r")
+    assert any(r["verdict"] != "N/A" for r in doc["records"])
+    assert not any("budget" in (r.get("reason") or "") for r in doc["records"])
+    res = run_pytest([*args, "--gauge-budget-min=0"], tmp_path / "c2", tmp_path / "r2")
+    doc = records(tmp_path / "r2")
     assert doc["records"] and all(r["verdict"] == "N/A" for r in doc["records"])
-    assert "hidden 64 > --gauge-max-hidden 32" in doc["records"][0]["reason"], res.stdout[-2000:]
+    reason = doc["records"][0]["reason"]
+    assert "estimated" in reason and "over --gauge-budget-min 0" in reason, res.stdout[-2000:]
+    assert "skipped" in reason
 
 
 def test_head_gram_adjacent_gives_the_same_verdicts_without_the_layer_matrix(tmp_path):

@@ -256,18 +256,20 @@ def from_synthetic(name: str, spec: str) -> LoadedModel:
 
 
 def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
-                cache=None) -> LoadedModel:
+                cache=None, salt: str = TWIN_SALT) -> LoadedModel:
     """The random-init twin: the base's (text) config, every tensor drawn lazily from the
-    architecture's init, seeded by tensor name. Reads no tensor of the base. ``cache`` (a
-    :class:`~probes.cache.Cache`) keeps its init plan between runs."""
+    architecture's init, seeded by (``salt``, tensor name). Reads no tensor of the base.
+    ``cache`` (a :class:`~probes.cache.Cache`) keeps its init plan between runs. Another
+    ``salt`` gives another independent draw (calibration's null models); the default is the
+    twin every report uses."""
     config = text_config(base_config)
-    source = RandomSource(config, TWIN_SALT, cache)
+    source = RandomSource(config, salt, cache)
     adapter = Adapter(config, source.names())
     blob = json.dumps(config, sort_keys=True, default=str).encode()
-    fp = _sha(b"random/1", blob, TWIN_SALT.encode())
+    fp = _sha(b"random/1", blob, salt.encode())
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
                        families=adapter.families, is_twin=True,
-                       meta={"source": "random", "salt": TWIN_SALT,
+                       meta={"source": "random", "salt": salt,
                              "fingerprint_method": {"kind": "generator", "algorithm":
                                                     "sha256 of the config and the draw salt "
                                                     "(the weights are a function of both)"}},

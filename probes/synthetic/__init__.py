@@ -16,6 +16,9 @@ package is imported when the package is, so adding a model is adding a file::
         return SyntheticSpec(config, state, "W_{L+1} = R W_L + noise in layers 4-8")
 
 ``get(name)`` builds the spec once per process and returns the same object afterwards.
+A planted model's builder may take keyword parameters (``strength``, ``seed``); the name
+``planted-adjacent?strength=0.5&seed=3`` builds it with them (numbers parsed as int or float),
+so ``--model synthetic:planted-adjacent?strength=0.5`` works too.
 """
 
 from __future__ import annotations
@@ -60,12 +63,33 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def parse_name(name: str) -> tuple[str, dict]:
+    """``"base?k=v&k2=v2"`` → ``("base", {k: v, k2: v2})`` with int/float values."""
+    base, _, query = name.partition("?")
+    params = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise StrataError(f"synthetic model {name!r}: cannot read parameter {item!r}; "
+                              f"write NAME?key=number&key=number") from None
+    return base, params
+
+
 def get(name: str) -> SyntheticSpec:
-    """The spec registered as ``name`` (built once per process)."""
-    if name not in REGISTRY:
-        raise StrataError(f"unknown synthetic model {name!r}; known: {', '.join(names())}")
+    """The spec registered as ``name`` (built once per process), ``name?key=value&...`` with
+    keyword parameters for its builder."""
+    base, params = parse_name(name)
+    if base not in REGISTRY:
+        raise StrataError(f"unknown synthetic model {base!r}; known: {', '.join(names())}")
     if name not in _BUILT:
-        spec = REGISTRY[name]()
+        try:
+            spec = REGISTRY[base](**params)
+        except TypeError as exc:
+            raise StrataError(f"synthetic model {name!r}: {exc}") from None
         if not isinstance(spec, SyntheticSpec):
             raise TypeError(f"synthetic model {name!r} must return a SyntheticSpec")
         spec.state_dict = {k: v.detach().to(torch.float32).contiguous()

@@ -16,6 +16,10 @@ above the alignment's spectrum-preserving null. Phase C (and every other layer) 
 architecture's independent random init: aligned ≈ null-aligned there.
 `aligned-delta-E-exceeds-C` must be SUPPORTED for every projection family; on the random-init
 twin (`random:synthetic:planted-gauge`) it must not be.
+
+Strength (``synthetic:planted-gauge?strength=s&seed=n``, s ≥ 0, default 1 = the control above):
+the noise ratio is NOISE/s, so the copy's gauge-aligned cos is ≈ 1/√(1 + 0.25/s²); s = 0 is
+the plain random init (no copy).
 """
 
 from __future__ import annotations
@@ -70,26 +74,28 @@ def gauge_transform(layer: dict[str, torch.Tensor], num_heads: int, num_kv_heads
 
 
 @register("planted-gauge")
-def planted_gauge() -> SyntheticSpec:
+def planted_gauge(strength: float = 1.0, seed: int = SEED) -> SyntheticSpec:
     config = tiny_config("llama", num_layers=NUM_LAYERS)
-    state = random_state_dict(config, seed=SEED)
-    gen = torch.Generator().manual_seed(SEED)
+    state = random_state_dict(config, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    noise_ratio = NOISE / strength if strength > 0 else float("inf")
     heads, kv_heads, hd = (config["num_attention_heads"], config["num_key_value_heads"],
                            config["head_dim"])
 
     def name(L, fam):
         return f"model.layers.{L}.{_PATH[fam]}.weight"
 
-    for L in planted_layers():
+    for L in (planted_layers() if strength > 0 else []):
         prev = {fam: state[name(L - 1, fam)] for fam in _PATH}
         moved = gauge_transform(prev, heads, kv_heads, hd, gen)
         for fam, w in moved.items():
             noise = torch.randn(w.shape, generator=gen) * prev[fam].std()
-            state[name(L, fam)] = (w + NOISE * noise) / math.sqrt(1 + NOISE ** 2)
+            state[name(L, fam)] = (w + noise_ratio * noise) / math.sqrt(1 + noise_ratio ** 2)
     first, last = planted_layers()[0] - 1, planted_layers()[-1]
     return SyntheticSpec(config, state,
                          f"llama, {NUM_LAYERS} layers: phase E ({first}-{last}) projections are "
                          f"gauge-transformed copies (per-kv-head rotations, shared MLP neuron "
-                         f"permutation) of the layer before plus noise {NOISE}; other layers "
-                         f"independent random init",
-                         meta={"planted_layers": planted_layers(), "noise": NOISE})
+                         f"permutation) of the layer before plus noise {noise_ratio:.3g}; other "
+                         f"layers independent random init",
+                         meta={"planted_layers": planted_layers(), "noise": noise_ratio,
+                               "strength": strength, "seed": seed})

@@ -17,6 +17,11 @@ heads·head_dim = 96 > hidden; fractional phases A 0-2, B 3, C 4-11, D 12-17, E 
 
 `head-metric-adjacent` must be SUPPORTED in C (and not in D), `qk-sym-positive` SUPPORTED in D
 (and not in C); the random-init twin ``random:synthetic:planted-heads`` supports neither.
+
+Strength (``synthetic:planted-heads?strength=s&seed=n``, s ≥ 0, default 1 = the control above):
+the walk's noise ratio is 0.5/s (matched metric cos ≈ 1/(1 + 0.25/s²)) and the query heads copy
+their kv head with weight s, W_Q,h = (s·W_K,kv(h) + N_h)/√(1 + s²); s = 0 is the random init
+(with the random q/k gains).
 """
 
 from __future__ import annotations
@@ -40,26 +45,28 @@ def _name(layer: int, part: str) -> str:
 
 
 @register("planted-heads")
-def planted_heads() -> SyntheticSpec:
+def planted_heads(strength: float = 1.0, seed: int = 23) -> SyntheticSpec:
     num_heads, num_kv_heads, head_dim, hidden = 6, 2, 16, 48
     config = tiny_config("qwen3", num_layers=NUM_LAYERS, hidden=hidden, num_heads=num_heads,
                          num_kv_heads=num_kv_heads, head_dim=head_dim, intermediate=96)
-    state = random_state_dict(config, seed=23)
-    gen = torch.Generator().manual_seed(23)
+    state = random_state_dict(config, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
     group = num_heads // num_kv_heads
+    walk_noise = WALK_NOISE / strength if strength > 0 else float("inf")
 
     for layer in ADJACENT_PHASE:
-        if layer - 1 in ADJACENT_PHASE:
+        if layer - 1 in ADJACENT_PHASE and strength > 0:
             for part in ("q_proj", "k_proj"):
                 prev = state[_name(layer - 1, part)]
                 noise = torch.randn(prev.shape, generator=gen) * prev.std()
-                state[_name(layer, part)] = (prev + WALK_NOISE * noise) / math.sqrt(1 + WALK_NOISE ** 2)
+                state[_name(layer, part)] = (prev + walk_noise * noise) / math.sqrt(1 + walk_noise ** 2)
 
     for layer in POSITIVE_PHASE:
         k = state[_name(layer, "k_proj")].reshape(num_kv_heads, head_dim, hidden)
         k_rep = k.repeat_interleave(group, 0)  # query head h reads kv head h // group
         noise = torch.randn(k_rep.shape, generator=gen) * k.std()
-        state[_name(layer, "q_proj")] = ((k_rep + noise) / math.sqrt(2)).reshape(-1, hidden)
+        state[_name(layer, "q_proj")] = ((strength * k_rep + noise)
+                                         / math.sqrt(1 + strength ** 2)).reshape(-1, hidden)
 
     for layer in range(NUM_LAYERS):
         for part in ("q_norm", "k_norm"):
@@ -69,4 +76,5 @@ def planted_heads() -> SyntheticSpec:
                          "qwen3, 24 layers, 6 heads / 2 kv heads: phase C (4-11) q/k continue the "
                          "previous layer plus noise (matched head-metric cos ≈ 0.8); phase D "
                          "(12-17) W_Q,h = (W_K,kv(h) + N)/√2 (g + gᵀ mostly positive); random "
-                         "q_norm/k_norm gains")
+                         "q_norm/k_norm gains" + (f" (strength {strength:g})" if strength != 1 else ""),
+                         meta={"strength": strength, "seed": seed})

@@ -15,6 +15,11 @@ the only weights that write into the residual stream), so a real forward pass pr
   their updates — and the angular steps they cause — are ~10× smaller than the first half's
   (`late-layers-change-least`).
 The random-init twin `random:synthetic:planted-residual` has the same config and none of these.
+
+Strength (``synthetic:planted-residual?strength=s&seed=n``, s in [0, 1], default 1 = the
+control above): each planted output projection is (1 − s)·W + s·W_planted (W the random init,
+W_planted the projected and rescaled one above), and the second half's scale is 1 − 0.9·s;
+s = 0 is the plain random init.
 """
 
 from __future__ import annotations
@@ -36,11 +41,16 @@ SMALL_SCALE = 0.1
 _WRITERS = ("self_attn.o_proj", "mlp.down_proj")
 
 
+def _mix(w: torch.Tensor, planted: torch.Tensor, strength: float) -> torch.Tensor:
+    return planted if strength == 1 else (1 - strength) * w + strength * planted
+
+
 @register("planted-residual")
-def planted_residual() -> SyntheticSpec:
+def planted_residual(strength: float = 1.0, seed: int = 23) -> SyntheticSpec:
     config = tiny_config("llama", num_layers=NUM_LAYERS, hidden=HIDDEN)
-    state = random_state_dict(config, seed=23)
-    gen = torch.Generator().manual_seed(23)
+    state = random_state_dict(config, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    small = SMALL_SCALE if strength == 1 else 1 - (1 - SMALL_SCALE) * strength
     basis, _ = torch.linalg.qr(torch.randn(HIDDEN, SHARED_RANK + len(SPECIALIZED_LAYERS),
                                            generator=gen))
     shared = basis[:, :SHARED_RANK]                       # d × 2, orthonormal
@@ -51,13 +61,15 @@ def planted_residual() -> SyntheticSpec:
             name = f"model.layers.{L}.{writer}.weight"
             w = state[name]
             if L in SHARED_LAYERS:
-                w = shared @ (shared.T @ w) * math.sqrt(HIDDEN / SHARED_RANK)
+                w = _mix(w, shared @ (shared.T @ w) * math.sqrt(HIDDEN / SHARED_RANK), strength)
             elif L in SPECIALIZED_LAYERS:
-                w = own[L] @ (own[L].T @ w) * math.sqrt(HIDDEN)
+                w = _mix(w, own[L] @ (own[L].T @ w) * math.sqrt(HIDDEN), strength)
             if L in SMALL_LAYERS:
-                w = w * SMALL_SCALE
+                w = w * small
             state[name] = w.contiguous()
     return SyntheticSpec(config, state,
                          "llama, 24 layers, hidden 64: phase C (4-11) writes into one shared "
                          "2-d subspace; phase E (18-22) layers each write along their own "
-                         "orthogonal direction; layers 12-22 write 10x smaller updates")
+                         "orthogonal direction; layers 12-22 write 10x smaller updates"
+                         + (f" (strength {strength:g})" if strength != 1 else ""),
+                         meta={"strength": strength, "seed": seed})
