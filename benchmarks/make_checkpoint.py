@@ -2,6 +2,12 @@
 
     python -m benchmarks.make_checkpoint --shape qwen3-4b --out /tmp/ckpt-4b
     python -m benchmarks.make_checkpoint --shape qwen3-32b --layers 2 --vocab 1024 --out /tmp/ckpt-32b-2L
+    python -m benchmarks.make_checkpoint --shape qwen3-4b --tokenizer DIR --out /tmp/ckpt-4b-tok
+
+``--tokenizer DIR`` copies a real tokenizer (``tokenizer.json`` and friends) from ``DIR`` into the
+checkpoint, for the activation probes (e.g. the default model's, from the converted SmolLM2
+directory in the Strata cache: its 49,152 ids fit Qwen's 151,936-row embedding; with ``--vocab``
+keep the vocabulary at least the tokenizer's size).
 
 Each decoder layer goes to its own shard (plus one shard for the embeddings, final norm and
 untied lm_head), written by streaming: a tensor is drawn in row chunks of at most
@@ -23,15 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import struct
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from probes.models.st_writer import write_safetensors
 from probes.models.random_init import NORMAL, ONES, ZEROS, TensorInit, init_plan, tensor_seed
 from probes.synthetic.base import tiny_config
 
@@ -105,38 +110,22 @@ def _chunks(name: str, init: TensorInit, dtype: torch.dtype):
 
 
 def write_shard(path: Path, names: list[str], plan: dict[str, TensorInit],
-                dtype: torch.dtype, st_dtype: str) -> int:
-    """Stream ``names`` into one safetensors file at ``path`` (via a temp file). Returns bytes
-    of tensor data. The header is computed from the shapes first; data follows in order."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    header, offset = {}, 0
-    for n in names:
-        numel = 1
-        for d in plan[n].shape:
-            numel *= d
-        header[n] = {"dtype": st_dtype, "shape": list(plan[n].shape),
-                     "data_offsets": [offset, offset + numel * itemsize]}
-        offset += numel * itemsize
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors aligns the data start to 8 bytes
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(struct.pack("<Q", len(raw)))
-        fh.write(raw)
-        for n in names:
-            for chunk in _chunks(n, plan[n], dtype):
-                fh.write(chunk.view(torch.uint8).numpy().tobytes())
-    os.replace(tmp, path)
-    return offset
+                dtype: torch.dtype, st_dtype: str | None = None) -> int:
+    """Stream ``names`` into one safetensors file at ``path`` (``probes.models.st_writer``:
+    header first, then each tensor's chunks; via a temp file). Returns bytes of tensor data."""
+    return write_safetensors(path, [(n, dtype, plan[n].shape,
+                                     lambda n=n: _chunks(n, plan[n], dtype)) for n in names])
 
 
 def make_checkpoint(shape: str, out: Path, layers: int | None = None,
-                    vocab: int | None = None, dtype: str = "bfloat16") -> dict:
+                    vocab: int | None = None, dtype: str = "bfloat16",
+                    tokenizer: Path | None = None) -> dict:
     """Write the checkpoint; returns {"bytes", "seconds", "shards", "params"}."""
     if dtype not in DTYPES:
         raise SystemExit(f"unknown --dtype {dtype!r}; one of {', '.join(DTYPES)}")
-    torch_dtype, st_dtype = DTYPES[dtype]
+    torch_dtype, _ = DTYPES[dtype]
+    if tokenizer is not None:
+        tokenizer_files(Path(tokenizer))  # before writing anything
     config = shape_config(shape, layers, vocab)
     config["torch_dtype"] = dtype
     out = Path(out)
@@ -149,14 +138,36 @@ def make_checkpoint(shape: str, out: Path, layers: int | None = None,
     weight_map, total = {}, 0
     for i, names in enumerate(groups):
         fname = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
-        total += write_shard(out / fname, names, plan, torch_dtype, st_dtype)
+        total += write_shard(out / fname, names, plan, torch_dtype)
         weight_map.update({n: fname for n in names})
     (out / "model.safetensors.index.json").write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    if tokenizer is not None:
+        copy_tokenizer(Path(tokenizer), out)
     params = sum(_numel(p.shape) for p in plan.values())
     return {"bytes": total, "seconds": time.perf_counter() - t0, "shards": len(groups),
             "params": params}
+
+
+def tokenizer_files(src: Path) -> list[Path]:
+    """The HF tokenizer files of ``src``; SystemExit if there are none."""
+    from probes.models.checkpoint import _TOKENIZER_GLOBS
+    files = [f for pattern in _TOKENIZER_GLOBS for f in sorted(Path(src).glob(pattern))
+             if f.is_file()]
+    if not any(f.name.startswith("tokenizer") for f in files):
+        raise SystemExit(f"--tokenizer {src}: no tokenizer files (tokenizer.json, "
+                         f"tokenizer_config.json, ...) there")
+    return files
+
+
+def copy_tokenizer(src: Path, out: Path) -> list[str]:
+    """Copy the HF tokenizer files of ``src`` into ``out``."""
+    import shutil
+    files = tokenizer_files(src)
+    for f in files:
+        shutil.copy2(f, out / f.name)
+    return [f.name for f in files]
 
 
 def _numel(shape) -> int:
@@ -176,9 +187,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="shrink the vocabulary (embeddings are not read by the weight probes; "
                          "keeps disk use small for --shape qwen3-32b)")
     ap.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPES))
+    ap.add_argument("--tokenizer", type=Path, default=None, metavar="DIR",
+                    help="copy the HF tokenizer files of DIR into the checkpoint (activation "
+                         "probes need a real tokenizer whose ids fit the vocabulary)")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args(argv)
-    info = make_checkpoint(args.shape, args.out, args.layers, args.vocab, args.dtype)
+    info = make_checkpoint(args.shape, args.out, args.layers, args.vocab, args.dtype,
+                           args.tokenizer)
     cfg = json.loads((args.out / "config.json").read_text())
     print(f"wrote {args.out}: {args.shape}, {cfg['num_hidden_layers']} layers, "
           f"vocab {cfg['vocab_size']}, {info['params'] / 1e6:,.1f} M params, {args.dtype}, "

@@ -1,24 +1,30 @@
-"""Forward pass with hooks on the decoder layers; per-layer residual statistics streamed.
+"""Per-layer residual-stream statistics over calibration text (SPEC §5.5).
 
 What is read
 ------------
-Layer L's input h_L and output h_{L+1} are captured by a forward pre-hook and a forward hook
-on the decoder layer module itself, so δ_L = h_{L+1} − h_L is the layer's own update. The model's
-``output_hidden_states[-1]`` is *not* used: transformers applies the final norm to that last
-entry, which turns the last layer's "update" into mostly the final RMSNorm (relative step ≈ 0.99
-on SmolLM2; see the research notes). Tests check that the hook δ equals the difference of
-consecutive ``output_hidden_states`` for every layer but the last, and differs for the last.
+Decoder layer L's input h_L and output h_{L+1}, so δ_L = h_{L+1} − h_L is the layer's own
+update. The model's ``output_hidden_states[-1]`` is *not* used: transformers applies the final
+norm to that last entry, which turns the last layer's "update" into mostly the final RMSNorm
+(relative step ≈ 0.99 on SmolLM2; see the research notes). Tests check that the hook δ equals
+the difference of consecutive ``output_hidden_states`` for every layer but the last, and
+differs for the last.
 
-Streaming and memory
---------------------
-Each document (or window of at most ``window`` tokens) is run alone (batch 1, no padding), in
-eval mode under ``torch.no_grad``. The pre-hook keeps a reference to the layer's input until the
-layer's forward hook folds (input, output) into that layer's accumulators and drops it, so at
-any moment at most one layer's hidden states (T × d) are held beyond what the model itself keeps.
-Per layer the accumulators are scalars and the d × d float64 Gram Σ_t δ_t δ_tᵀ. When L·d²·8 bytes
-exceed ``gram_budget_bytes`` (default 1 GiB; Qwen3-4B needs 36 × 2560² × 8 = 1.9 GB) the layers
-are split into groups and the corpus is run once per group; later passes stop the forward after
-the group's last layer. The first document token is dropped from every statistic.
+Two ways to run the model, same statistics
+------------------------------------------
+:func:`compute` (what the claims use) streams the model one decoder layer at a time
+(:class:`probes.layer_stream.LayerStream`): every window of the corpus goes through layer L
+before layer L+1 is loaded; between layers the hidden states of all tokens (T × d float32, twice:
+in and out) are held, plus one layer's float32 weights and one d × d float64 Gram. Qwen3-4B:
+≈ 0.4 GB of weights + 2 × T × 10 kB; the whole model is never in memory.
+
+:func:`compute_hooked` is the reference: the whole transformers model in float32 with a forward
+pre-hook and hook on each decoder layer (one window at a time, at most one layer's input held
+beyond what the model keeps; when L·d²·8 bytes exceed ``gram_budget_bytes`` the layers are split
+into groups and the corpus is run once per group). It needs the whole model in memory (20 GB
+for Qwen3-4B); tests compare the two on every architecture.
+
+Each document (or window of at most ``window`` tokens) is its own sequence (batch 1, no
+padding). The first token of every window is dropped from every statistic.
 
 Result (all arrays indexed by layer, cached by :mod:`probes.cache`)
 -------------------------------------------------------------------
@@ -40,10 +46,12 @@ import torch
 
 from .calibration import TokenizedCorpus
 from .errors import StrataError
+from .layer_stream import LayerStream
+from .progress import progress
 from .residual import effective_rank, spectrum_from_gram, top_energy
 
 PROBE_ID = "residual-stream"
-VERSION = 1
+VERSION = 2  # 2: layer-streamed forward pass (same statistics to float32 rounding)
 TOP_K = 8
 GRAM_BUDGET_BYTES = 1 << 30
 MAX_WINDOW = 1024
@@ -182,9 +190,44 @@ def layer_groups(num_layers: int, hidden: int, budget_bytes: int) -> list[list[i
 
 @torch.no_grad()
 def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TOP_K,
-            gram_budget_bytes: int = GRAM_BUDGET_BYTES, seed: int = 0) -> dict:
-    """Run ``corpus`` through ``model`` (a :class:`probes.models.base.Model`) and return the
-    per-layer residual statistics described in the module docstring."""
+            seed: int = 0) -> dict:
+    """Run ``corpus`` through ``model`` (a :class:`probes.models.base.Model`) one decoder layer
+    at a time and return the per-layer residual statistics described in the module docstring.
+
+    Held at once: one layer's weights (float32), every window's hidden states entering and
+    leaving that layer, one d × d float64 Gram and the per-layer results so far."""
+    n, d = model.layout.num_layers, model.layout.hidden
+    stream = LayerStream(model, device)
+    window = stream.window_limit(MAX_WINDOW)
+    seqs = windows(corpus, window)
+    if not seqs:
+        raise StrataError("calibration corpus gave no scored tokens")
+    accs: dict[int, LayerAccumulator] = {}
+    hidden_bytes = 0
+    with progress(n, f"residual stream ({corpus.tokens} tokens)", unit="layer") as bar:
+        for layer, inputs, outputs in stream.run(seqs):
+            acc = LayerAccumulator(d, stream.device, with_gram=True, with_scalars=True)
+            for h_in, h_out in zip(inputs, outputs):
+                acc.add(h_in[0, 1:], h_out[0, 1:])
+            hidden_bytes = max(hidden_bytes, sum(t.numel() * t.element_size()
+                                                 for t in (*inputs, *outputs)))
+            acc.spectrum = spectrum_from_gram(acc.gram.cpu().numpy(), top_k)
+            acc.gram = None
+            accs[layer] = acc
+            del inputs, outputs   # only the next layer's inputs stay alive
+            bar.update(1)
+    return _finalise(accs, n, d, top_k, corpus, seed,
+                     memory={"streamed": True, "layers_in_memory": 1,
+                             "layer_weight_bytes": stream.layer_bytes,
+                             "hidden_bytes": hidden_bytes, "gram_bytes": d * d * 8,
+                             "embedding_rows": stream.embedded_rows, "window": window})
+
+
+@torch.no_grad()
+def compute_hooked(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TOP_K,
+                   gram_budget_bytes: int = GRAM_BUDGET_BYTES, seed: int = 0) -> dict:
+    """The reference path: the whole transformers model (``model.hf_model``, float32) with
+    hooks on its decoder layers; same result as :func:`compute` (to float32 rounding)."""
     n, d = model.layout.num_layers, model.layout.hidden
     hf = model.hf_model(device, torch.float32)
     hf.eval()

@@ -88,6 +88,7 @@ import numpy as np
 import torch
 
 from probes.errors import NotApplicable
+from probes.progress import progress
 from probes.evidence import Evidence, Matrix, Profile
 from probes.phases import adjacent_pairs
 from probes.stats import Z95, monte_carlo_p
@@ -450,8 +451,11 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
     bad: set[int] = set()
 
     checked: set[int] = set()
+    loads = n_l if gram_pairs == "adjacent" else sum(n_l - s for s in range(0, n_l, block))
+    bar = progress(loads, "head metric (q/k layer reads)", unit="layer")
 
     def load(layer):
+        bar.update(1)
         q, k = load_heads(model, layer, fold)
         if layer not in checked:  # layers streamed past later blocks are re-read: check once
             checked.add(layer)
@@ -509,6 +513,7 @@ def compute(model, *, fold_norms: bool | None = None, topk: int = DEFAULT_TOPK,
                     del q, k
                 del q_blk, k_blk
 
+    bar.close()
     iu = np.triu_indices(n_l, 1)
     gram[iu[1], iu[0]] = gram[iu]
     for layer in bad:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .models.base import Model
+from .progress import progress
 
 BLOCK = 1 << 16
 DEFAULT_BUDGET = 256 << 20
@@ -40,6 +41,7 @@ def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
     gram = torch.zeros(num_layers, num_layers, dtype=torch.float64, device=device)
     sums = torch.zeros(num_layers, dtype=torch.float64, device=device)
     buf = torch.empty(num_layers, chunk_rows * row_len, dtype=torch.float32, device=device)
+    bar = progress(rows * num_layers, f"Gram pass {family}", unit="row", unit_scale=True)
     for start in range(0, rows, chunk_rows):
         stop = min(rows, start + chunk_rows)
         x = buf[:, : (stop - start) * row_len]
@@ -48,6 +50,8 @@ def family_gram(model: Model, family: str, budget_bytes: int = DEFAULT_BUDGET,
         g, s_ = _blocked_gram_and_sums(x)
         gram += g
         sums += s_
+        bar.update((stop - start) * num_layers)
+    bar.close()
     return {"gram": gram.cpu().numpy(), "sums": sums.cpu().numpy(),
             "n": int(rows * row_len)}
 

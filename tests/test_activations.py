@@ -1,5 +1,6 @@
 """The activation probe: hooks read the layers' own residual stream; statistics streamed
-correctly; the three residual claims on the planted model and its random twin."""
+correctly; the three residual claims on the planted model and its random twin.
+(The layer-streamed pass against the whole-model pass: tests/test_layer_stream.py.)"""
 
 import numpy as np
 import pytest
@@ -82,6 +83,14 @@ def test_streamed_statistics_equal_dense_computation():
         assert abs(float(res["top_dirs"][L][0] @ vt[0])) == pytest.approx(1.0, abs=1e-4)
     assert res["scored_tokens"] == tc.scored_tokens == len(np.concatenate(ins[0]))
     assert res["calibration"]["tokens"] == 300
+    assert res["memory"]["layers_in_memory"] == 1
+
+
+def test_hooked_path_holds_one_layer_input_of_one_window():
+    model = open_model("synthetic:tiny-llama")
+    tc = _corpus(model, 300)
+    res = activations.compute_hooked(model, tc, top_k=4)
+    d = model.layout.hidden
     assert res["memory"]["max_layer_inputs_held"] == 1
     # peak extra memory: one layer's hidden states of one window, not all layers'
     assert res["memory"]["max_window_hidden_bytes"] == max(len(w) for w in activations.windows(tc, 512)) * d * 4
@@ -90,9 +99,9 @@ def test_streamed_statistics_equal_dense_computation():
 def test_grouped_passes_equal_single_pass():
     model = open_model("synthetic:tiny-qwen3")
     tc = _corpus(model, 200)
-    one = activations.compute(model, tc, top_k=3)
+    one = activations.compute_hooked(model, tc, top_k=3)
     d = model.layout.hidden
-    grouped = activations.compute(model, tc, top_k=3, gram_budget_bytes=3 * d * d * 8)
+    grouped = activations.compute_hooked(model, tc, top_k=3, gram_budget_bytes=3 * d * d * 8)
     assert grouped["memory"]["passes"] == 3 and one["memory"]["passes"] == 1
     np.testing.assert_allclose(grouped["eigvals"], one["eigvals"], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(grouped["rel_step"], one["rel_step"], rtol=1e-12)

