@@ -53,7 +53,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.claims import ClaimTest, ModelProbes, Session, discover, evaluate
+from benchmarks.claims import ClaimTest, Session, discover, evaluate
 from probes.cache import Cache, default_cache_dir
 from probes.evidence import Evidence, decide
 from probes.models.base import PROJECTIONS

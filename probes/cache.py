@@ -187,9 +187,8 @@ class Cache:
         filesystem has no working locks (said once)."""
         if not (self.writable and self.locking):
             return nullcontext()
-        lock = FileLock(str(path) + ".lock")
         try:
-            lock.acquire()
+            held = FileLock(str(path) + ".lock").acquire()   # released when the with-block exits
         except OSError as exc:
             if exc.errno in _UNWRITABLE:
                 self._unwritable(exc, path.parent)
@@ -202,7 +201,7 @@ class Cache:
                 raise
             return nullcontext()
         _sweep_stale_temps(path.parent)
-        return _Held(lock)
+        return held
 
     # -- small derived documents -----------------------------------------------------------
     def get_or_build_json(self, kind: str, ingredients: Mapping, build: Callable[[], object]):
@@ -247,19 +246,6 @@ def _split(result: Result) -> tuple[dict[str, np.ndarray], dict]:
         else:
             rest[k] = v
     return arrays, rest
-
-
-class _Held:
-    """Context manager releasing an acquired FileLock."""
-
-    def __init__(self, lock):
-        self.lock = lock
-
-    def __enter__(self):
-        return self.lock
-
-    def __exit__(self, *exc):
-        self.lock.release()
 
 
 def _sweep_stale_temps(directory: Path) -> None:

@@ -3,7 +3,6 @@ altered bytes, refused locks, shared-disk modes. Correct results every time; no 
 is ever read."""
 
 import errno
-import json
 import os
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from probes import cache as cache_mod
 from probes.cache import Cache, CacheWarning
-from tests.test_plugin_e2e import ROOT, WEIGHT_CLAIMS, comparable, records, run_pytest
+from tests.test_plugin_e2e import ROOT, WEIGHT_CLAIMS, comparable, records
 
 EXPECTED = np.arange(50_000, dtype=np.float64) * 0.5
 
@@ -125,7 +124,6 @@ def test_altered_metadata_values_are_detected(tmp_path):
 
 @pytest.mark.parametrize("err", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 def test_unwritable_or_full_cache_warns_once_and_computes_without_caching(tmp_path, monkeypatch, err):
-    real_save = None
     import safetensors.numpy as stn
     real_save = stn.save_file
 

@@ -2,14 +2,11 @@
 config, tensor names, shapes and dtypes; only the bytes tell them apart)."""
 
 import hashlib
-import json
 import os
 import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from probes import adjacent, filehash

@@ -1,7 +1,6 @@
 """GGUF files read tensor by tensor: the same tensors as transformers' whole-model GGUF loading
 (exactly, in float32), the Q/K permutation undone, one chunk in memory at a time."""
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open

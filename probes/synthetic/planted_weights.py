@@ -26,7 +26,6 @@ import math
 
 import torch
 
-from probes.models.base import PROJECTIONS
 from probes.synthetic import SyntheticSpec, register
 from probes.synthetic.base import random_state_dict, tiny_config
 
