@@ -162,3 +162,18 @@ def test_report_says_how_and_compare_flags_other_weights(tmp_path):
     assert same["same_weights"].all()
     html = (tmp_path / "r2" / "verdicts.html").read_text()
     assert "sha256 of config.json and every weight file" in html
+
+
+def test_the_twin_of_a_directory_reads_no_weights(tmp_path, monkeypatch):
+    d = write_checkpoint(fine_tune(1), tmp_path / "m")
+    cache = Cache(tmp_path / "cache")
+    expected = open_model(f"random:{d}", cache)
+
+    def no_reads(*a, **k):
+        raise AssertionError("the twin hashed the base's weights")
+
+    monkeypatch.setattr(filehash, "sha256_file", no_reads)
+    (d / "model.safetensors").write_bytes(b"\0" * 16)   # weights unreadable: never touched
+    twin = open_model(f"random:{d}", Cache(tmp_path / "other-cache"))
+    assert twin.fingerprint == expected.fingerprint and twin.is_twin
+    assert torch.equal(twin.weight(3, "q_proj"), expected.weight(3, "q_proj"))

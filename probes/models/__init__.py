@@ -89,5 +89,10 @@ def _twin(base: str, spec: str, cache: Cache | None) -> Model:
         from probes.models.hub import resolve_config_only
         cfg, tok_dir = resolve_config_only(base)
         return random_twin(cfg, spec, tok_dir, cache)
+    if path.is_dir():
+        # the twin needs the base's config and tokenizer only: no weight is read or hashed
+        from probes.models.loaded import _has_tokenizer, read_config
+        _, config = read_config(path)
+        return random_twin(config, spec, path if _has_tokenizer(path) else None, cache)
     model = open_model(base, cache)
     return random_twin(model.config, spec, getattr(model, "tokenizer_dir", None), cache)

@@ -193,6 +193,24 @@ def _has_tokenizer(d: Path) -> bool:
     return any((d / f).is_file() for f in _TOKENIZER_FILES)
 
 
+def read_config(d: Path) -> tuple[bytes, dict]:
+    """A model directory's config.json (raw bytes and parsed), checked to be a supported
+    architecture before any weight is touched; StrataError otherwise."""
+    if not d.is_dir():
+        raise StrataError(f"model directory {d} does not exist")
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise StrataError(f"{d} has no config.json; a model directory needs config.json "
+                          f"and safetensors weights")
+    raw = cfg_path.read_bytes()
+    try:
+        config = json.loads(raw)
+    except ValueError as exc:
+        raise StrataError(f"{cfg_path} is not valid JSON: {exc}") from None
+    text_config(config)  # unsupported architecture: fail before touching the weights
+    return raw, config
+
+
 def content_fingerprint(config_raw: bytes, source: SafetensorsDir, cache=None) -> tuple[str, dict]:
     """The fingerprint of a safetensors directory from its content: config.json's bytes and the
     sha256 of every weight file (from the HF cache's blob names, remembered per file version in
@@ -216,18 +234,7 @@ def from_dir(directory: Path, spec: str, meta: dict | None = None,
     file's sha256); otherwise it is computed from the files' bytes (:func:`content_fingerprint`,
     remembered in ``cache``)."""
     d = Path(directory)
-    if not d.is_dir():
-        raise StrataError(f"model directory {d} does not exist")
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise StrataError(f"{d} has no config.json; a model directory needs config.json "
-                          f"and safetensors weights")
-    raw = cfg_path.read_bytes()
-    try:
-        config = json.loads(raw)
-    except ValueError as exc:
-        raise StrataError(f"{cfg_path} is not valid JSON: {exc}") from None
-    text_config(config)  # unsupported architecture: fail before touching the weights
+    raw, config = read_config(d)
     source = SafetensorsDir(d)
     adapter = Adapter(config, source.names())
     fp, method = fingerprint or content_fingerprint(raw, source, cache)
