@@ -23,8 +23,8 @@ from fixtures.plugin import get_session
 from probes.errors import NotApplicable
 from probes.evidence import Claim, Evidence, decide
 from probes.stats import holm
+from reports.schema import SCHEMA_ID as SCHEMA
 
-SCHEMA = "strata.verdicts/1"
 RECORD_KEY = "strata_record"
 MODEL_KEY = "strata_model"
 
@@ -146,7 +146,7 @@ def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) 
         "effect": None, "min_effect": claim.min_effect, "ci": [None, None], "p": None,
         "p_holm": None, "holm_survives": None, "verdict": verdict, "reason": reason,
         "twin": None, "twin_artifact": None, "profile": None, "matrix": None, "extra": {},
-        "role": "twin" if is_twin else "model",
+        "se": None, "role": "twin" if is_twin else "model",
         "twin_of": model.spec[len("random:"):] if is_twin else None,
         "nodeid": item.nodeid,
     }
@@ -157,7 +157,7 @@ def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) 
             "effect": _num(ev.effect), "ci": [_num(ev.ci[0]), _num(ev.ci[1])], "p": _num(ev.p),
             "profile": ev.profile.to_json() if ev.profile is not None else None,
             "matrix": ev.matrix.to_json() if ev.matrix is not None else None,
-            "extra": _jsonable(ev.extra),
+            "extra": _jsonable(ev.extra), "se": _num(ev.standard_error),
         })
     return rec
 
@@ -253,7 +253,7 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
     models.sort(key=lambda r: (r["claim"], r["model"], str(r["phase"]), str(r["family"])))
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
-    return {
+    doc = {
         "schema": SCHEMA,
         "run": {
             "harness_commit": _git_commit(config.rootpath),
@@ -268,6 +268,9 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         "records": models,
         "twin_records": twins,
     }
+    from reports.pooled import pooled_records
+    doc["pooled"] = pooled_records(doc)
+    return doc
 
 
 def _dedup_matrices(records: list[dict]) -> None:
