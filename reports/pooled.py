@@ -18,6 +18,12 @@ on, see ``probes.evidence.Evidence.se``); a record written before that field exi
 (``strata.verdicts/1``) gives it back where its interval says how: ``extra.se``, or an interval
 of effect ± 1.96·null sd (the null sd). Records with no usable standard error are left out, and
 said so. Twins (``random:<model>``, in ``twin_records``) are pooled the same way, beside.
+
+Models with the same weights (equal content fingerprints in ``run.models``: one checkpoint under
+two specs) count once. This matters most for twins: a random-init twin depends only on its
+model's config, so the twins of models that share a config (fine-tunes of one base, planted
+controls of one shape) are one draw, and pooling them would count it k times; the pooled
+record then has no ``twin`` and says why in ``twin_reason``.
 """
 
 from __future__ import annotations
@@ -87,13 +93,15 @@ def pooled_records(doc: dict, method: str = "pm") -> list[dict]:
         recs = sorted(recs, key=lambda r: r["model"])
         members = _members(recs, info)
         for scope, chosen, left_out in members:
-            pooled = _pool(chosen, left_out, scope, alpha, method)
+            pooled = _pool(chosen, left_out, scope, alpha, method, info)
             if pooled is None:
                 continue
             twin_recs = [t for t in twins.get(key, ())
                          if t.get("twin_of") in {r["model"] for r in pooled["_used"]}]
-            twin = _pool(sorted(twin_recs, key=lambda r: r["model"]), [], scope, alpha, method)
+            twin = _pool(sorted(twin_recs, key=lambda r: r["model"]), [], scope, alpha, method, info)
             pooled["twin"] = _twin_public(twin) if twin else None
+            if twin is None and twin_recs:
+                pooled["twin_reason"] = _too_few(twin_recs, info)
             pooled["twin_artifact"] = (None if twin is None else
                                        pooled["direction"] != "equivalent"
                                        and pooled["verdict"] in ("GENERAL", "HETEROGENEOUS")
@@ -128,13 +136,32 @@ def _members(recs: list[dict], info: dict) -> list[tuple[str, list[dict], list[d
     return [(MODELS_SCOPE, chosen, left_out)] + scopes
 
 
+def _fingerprint(info: dict, spec: str) -> str | None:
+    return (info.get(spec) or {}).get("fingerprint") or None
+
+
+def _too_few(twin_recs: list[dict], info: dict) -> str:
+    distinct = {_fingerprint(info, t["model"]) or t["model"] for t in twin_recs
+                if t["verdict"] in DECIDED}
+    return (f"{len(distinct)} distinct random-init twin(s) decided, fewer than {MIN_MODELS} "
+            f"(a twin depends only on its model's config, so models of one config share one)")
+
+
 def _pool(recs: list[dict], left_out: list[dict], scope: str, alpha: float,
-          method: str) -> dict | None:
-    """One pooled record (with the private ``_used`` list), or None below three inputs."""
+          method: str, info: dict) -> dict | None:
+    """One pooled record (with the private ``_used`` list), or None below three inputs.
+    Records of models with the same weights (content fingerprint: one checkpoint under two
+    specs, or the random twins of models that share a config) count once."""
     inputs, used, left = [], [], list(left_out)
+    seen: dict[str, str] = {}
     for r in recs:
         if r["verdict"] not in DECIDED:
             left.append({"model": r["model"], "reason": f"{r['verdict']}: {r.get('reason') or ''}".strip()})
+            continue
+        fp = _fingerprint(info, r["model"])
+        if fp in seen:
+            left.append({"model": r["model"], "reason": f"the same weights as {seen[fp]} (content "
+                                                        f"fingerprint): counted once"})
             continue
         se = standard_error(r)
         if se is None or not isinstance(r.get("effect"), (int, float)):
@@ -145,6 +172,8 @@ def _pool(recs: list[dict], left_out: list[dict], scope: str, alpha: float,
         inputs.append({"model": r["model"], "effect": float(r["effect"]), "se": se,
                        "ci": r.get("ci"), "verdict": r["verdict"]})
         used.append(r)
+        if fp is not None:
+            seen[fp] = r["model"]
     if len(inputs) < MIN_MODELS:
         return None
     first = used[0]

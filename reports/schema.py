@@ -144,6 +144,7 @@ POOLED = {
         "twin": {"type": ["object", "null"], "required": _POOLED_REQUIRED,
                  "properties": _POOLED_NUMBERS},
         "twin_artifact": {"type": ["boolean", "null"]},
+        "twin_reason": {"type": "string"},
     },
 }
 
