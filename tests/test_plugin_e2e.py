@@ -52,7 +52,9 @@ def test_report_contract_and_planted_verdicts(tmp_path):
     res = run_pytest([*WEIGHT_CLAIMS, "--model=synthetic:planted-adjacent"], tmp_path / "c",
                      tmp_path / "r")
     doc = records(tmp_path / "r")
-    assert doc["schema"] == "strata.verdicts/1"
+    assert doc["schema"] == "strata.verdicts/2"
+    assert doc["pooled"] == []  # one model: nothing to pool
+    assert all(r["se"] is None if r["verdict"] == "N/A" else r["se"] > 0 for r in doc["records"])
     for key in ("harness_commit", "started", "versions", "alpha", "seed", "models", "calibration"):
         assert key in doc["run"]
     model = doc["run"]["models"][0]
