@@ -570,7 +570,7 @@ def _pooled_block(doc, c: S.ClaimInfo, anchor: str, ids: Anchors) -> str:
         figs.append(_forest_figure(p, rid))
     heads = (('<th class="t">scope</th>' if scoped else "")
              + "".join(f'<th class="t">{k}</th>' for k in keys)
-             + '<th>models</th><th>pooled effect</th><th>interval</th><th>τ²</th><th>I²</th>'
+             + '<th>models</th><th>pooled effect (null 0)</th><th>interval</th><th>τ²</th><th>I²</th>'
                '<th>prediction interval</th><th class="t">verdict</th><th class="t">random twins</th>'
                '<th class="t">reason</th>')
     pc = S.pooled_cells(doc).get(c.id)

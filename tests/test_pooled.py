@@ -379,3 +379,16 @@ def test_merge_of_the_same_runs_without_refusals_is_clean(zoo, tmp_path, capsys)
     from reports.merge import main
     assert main([str(tmp_path / "nope"), str(tmp_path / "nope2"), "--out", str(tmp_path / "m")]) == 2
     assert "ERROR: strata: merge: no verdict report at" in capsys.readouterr().err
+
+
+def test_models_file_adds_to_model_options(pytester, tmp_path):
+    from fixtures.plugin import StrataSession
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugin"]')
+    zoo = tmp_path / "zoo.txt"
+    zoo.write_text("synthetic:tiny-qwen2  # b\nsynthetic:tiny-llama\n")
+    config = pytester.parseconfigure("--model=synthetic:tiny-llama", f"--models={zoo}",
+                                     f"--cache-dir={tmp_path / 'c'}")
+    assert StrataSession(config).specs == ["synthetic:tiny-llama", "synthetic:tiny-qwen2"]
+    config = pytester.parseconfigure(f"--models={tmp_path / 'missing.txt'}")
+    with pytest.raises(StrataError, match="--models .*missing.txt: no such file"):
+        StrataSession(config)

@@ -98,15 +98,14 @@ def test_pooled_numbers_are_statsmodels_on_the_same_inputs(zoo_doc):
     from scipy import stats
     from reports.pooled import pooled_records
     for p in pooled_records(zoo_doc):
-        for body in (p,):
-            y = np.array([i["effect"] for i in body["inputs"]])
-            v = np.array([i["se"] for i in body["inputs"]]) ** 2
-            ref = combine_effects(y, v, method_re="pm", use_t=True)
-            k = len(y)
-            assert body["effect"] == pytest.approx(ref.mean_effect_re, rel=1e-12, abs=1e-15)
-            assert body["tau2"] == pytest.approx(ref.tau2, rel=1e-9, abs=1e-15)
-            assert body["i2"] == pytest.approx(max(0.0, ref.i2), abs=1e-12)
-            assert body["ci"] == pytest.approx(list(ref.conf_int(alpha=0.05, use_t=True)[1]), rel=1e-12)
-            half = stats.t.ppf(0.975, k - 2) * math.sqrt(ref.tau2 + ref.sd_eff_w_re ** 2)
-            assert body["prediction_interval"] == pytest.approx(
-                [ref.mean_effect_re - half, ref.mean_effect_re + half], rel=1e-12)
+        y = np.array([i["effect"] for i in p["inputs"]])
+        v = np.array([i["se"] for i in p["inputs"]]) ** 2
+        ref = combine_effects(y, v, method_re="pm", use_t=True)
+        k = len(y)
+        assert p["effect"] == pytest.approx(ref.mean_effect_re, rel=1e-12, abs=1e-15)
+        assert p["tau2"] == pytest.approx(ref.tau2, rel=1e-9, abs=1e-15)
+        assert p["i2"] == pytest.approx(max(0.0, ref.i2), abs=1e-12)
+        assert p["ci"] == pytest.approx(list(ref.conf_int(alpha=0.05, use_t=True)[1]), rel=1e-12)
+        half = stats.t.ppf(0.975, k - 2) * math.sqrt(ref.tau2 + ref.sd_eff_w_re ** 2)
+        assert p["prediction_interval"] == pytest.approx(
+            [ref.mean_effect_re - half, ref.mean_effect_re + half], rel=1e-12)
