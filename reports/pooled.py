@@ -72,7 +72,10 @@ def standard_error(rec: dict) -> float | None:
 
 
 def _key(rec: dict) -> tuple:
-    return rec["claim"], rec.get("phase"), rec.get("family")
+    """What a pooled record pools over: one claim's test function × phase × family (a claim
+    may have several test functions; records from outside pytest have no nodeid)."""
+    function = str(rec.get("nodeid") or "").split("::")[-1].split("[")[0]
+    return rec["claim"], function, rec.get("phase"), rec.get("family")
 
 
 def _groups(records: list[dict]) -> dict[tuple, list[dict]]:
