@@ -118,7 +118,7 @@ details.extra dl{display:grid;grid-template-columns:max-content 1fr;gap:0 8px;ma
 details.extra dt{color:#6b7280}
 details.extra dd{margin:0;color:#1d2330;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px}
 .fgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:10px;margin-top:6px}
-figure svg.forest{width:100%;height:auto;display:block}
+figure svg.forest{width:100%;max-width:760px;height:auto;display:block}
 table.matrix th.pooled{background:#e9eef7}
 """
 
