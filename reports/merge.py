@@ -176,8 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     except StrataError as exc:
         print(f"ERROR: strata: {exc}", file=sys.stderr)
         return 2
+    from . import terminal
     from .plugin import write_report
     written = write_report(doc, Path(args.out))
+    print(terminal.render_matrix(doc, width=100))
     n = len(doc["pooled"])
     print(f"merged {len(docs)} reports: {len(doc['records'])} records of "
           f"{len({r['model'] for r in doc['records']})} models, {n} pooled record"
