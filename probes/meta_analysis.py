@@ -35,9 +35,14 @@ effect counts as showing the claim: [m, ∞) for ``greater``/``less`` (m = minim
 
 * **GENERAL**: the prediction interval lies in S — a new model is expected to show the claim;
 * **ABSENT**: the pooled interval lies outside S — the average model does not show it;
-* **HETEROGENEOUS**: the pooled interval lies in S but the prediction interval does not — the
-  average model shows it, and the models differ enough that a new one may not;
-* **INCONCLUSIVE**: otherwise (the pooled interval straddles the edge of S).
+* **HETEROGENEOUS**: neither, and the models' effects differ beyond their standard errors
+  (Cochran's Q test of homogeneity rejects at α) — whether the claim holds depends on the model;
+* **INCONCLUSIVE**: neither, with no evidence that the models differ — more models, or more
+  precise ones, are needed (with three models the prediction interval is μ̂ ± 12.7·…, so
+  even effects that agree and whose mean lies in S stay here).
+
+The Q test has little power with few models, so HETEROGENEOUS is the lower bound of the spread
+(τ² and I² say how much); a homogeneous-looking zoo of three is INCONCLUSIVE, not GENERAL.
 
 Levels: the pooled interval at 1 − α (1 − 2α for ``equivalent``, as the records' TOST
 intervals are), the prediction interval at 1 − α.
@@ -171,20 +176,26 @@ def region_text(direction: str, m: float) -> str:
             "equivalent": f"within ±{m:g}"}[direction]
 
 
-def pooled_verdict(re: RandomEffects, direction: str, min_effect: float) -> tuple[str, str]:
-    """(verdict, reason) by the rule in the module docstring."""
+def pooled_verdict(re: RandomEffects, direction: str, min_effect: float,
+                   alpha: float = 0.05) -> tuple[str, str]:
+    """(verdict, reason) by the rule in the module docstring; ``alpha`` is the level of the
+    homogeneity test."""
     ci, pi = re.ci, re.prediction_interval
     where = region_text(direction, min_effect)
     ci_t = f"pooled interval [{ci[0]:+.4g}, {ci[1]:+.4g}]"
     pi_t = f"prediction interval [{pi[0]:+.4g}, {pi[1]:+.4g}]"
+    spread = f"τ² = {re.tau2:.3g}, I² = {re.i2:.0%}, Q p = {re.q_p:.2g}"
     if supported_region_contains(*pi, direction, min_effect):
         return "GENERAL", f"{pi_t} lies {where}: a new model is expected to show the claim"
     if supported_region_excludes(*ci, direction, min_effect):
         return "ABSENT", f"{ci_t} lies outside {where}: the average model does not show it"
-    if supported_region_contains(*ci, direction, min_effect):
-        return "HETEROGENEOUS", (f"{ci_t} lies {where} but the {pi_t} does not (τ² = "
-                                 f"{re.tau2:.3g}, I² = {re.i2:.0%}): a new model may not show it")
-    return "INCONCLUSIVE", f"{ci_t} straddles the edge of {where}"
+    average = ("the average model shows it, " if supported_region_contains(*ci, direction, min_effect)
+               else f"{ci_t} straddles the edge of {where}; ")
+    if re.q_p <= alpha:
+        return "HETEROGENEOUS", (f"{average}and the models differ beyond their standard errors "
+                                 f"({spread}): whether it holds depends on the model")
+    return "INCONCLUSIVE", (f"{average}no evidence that the models differ ({spread}), and the "
+                            f"{pi_t} of {re.k} models reaches outside {where}: more models needed")
 
 
 def levels(direction: str, alpha: float) -> tuple[float, float]:

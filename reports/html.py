@@ -622,13 +622,23 @@ def _pooled_overview(hits: list[tuple[dict, str]]) -> str:
             f'<tbody>{"".join(rows)}</tbody></table>')
 
 
+def _short_spec(spec: str) -> str:
+    """A model spec for a plot row: a file or folder path by its last part (the full spec is
+    the row's tooltip); hub ids and other specs as they are."""
+    base = spec[len("random:"):] if spec.startswith("random:") else spec
+    if base.startswith(("/", "./", "../", "~")):
+        base = base.rstrip("/").rsplit("/", 1)[-1]
+    return ("random:" if spec.startswith("random:") else "") + base
+
+
 def _forest_figure(p: dict, rid: str) -> str:
     rows = []
     for inp in p["inputs"]:
         ci = inp.get("ci") or [None, None]
         if not (S.is_num(ci[0]) and S.is_num(ci[1])):
             ci = [inp["effect"] - 1.96 * inp["se"], inp["effect"] + 1.96 * inp["se"]]
-        rows.append({"label": inp["model"], "effect": inp["effect"], "lo": ci[0], "hi": ci[1]})
+        rows.append({"label": inp["model"], "short": _short_spec(inp["model"]),
+                     "effect": inp["effect"], "lo": ci[0], "hi": ci[1]})
     where = " · ".join(x for x in (p.get("phase"), p.get("family")) if x) or p["claim"]
     scope = "" if p.get("scope") == "models" else f" ({p['scope']})"
     svg = forest_svg(rows, p["effect"], p["ci"], p["prediction_interval"],

@@ -33,7 +33,7 @@ import re
 from collections import defaultdict
 
 from probes.meta_analysis import (MIN_MODELS, POOLED_VERDICTS, levels, pooled_verdict,
-                                  random_effects)
+                                  random_effects, supported_region_contains)
 from probes.stats import Z95
 
 DECIDED = ("SUPPORTED", "REFUTED", "INCONCLUSIVE")
@@ -105,10 +105,11 @@ def pooled_records(doc: dict, method: str = "pm") -> list[dict]:
             pooled["twin"] = _twin_public(twin) if twin else None
             if twin is None and twin_recs:
                 pooled["twin_reason"] = _too_few(twin_recs, info)
+            # a likely artifact: the twins' pooled interval lies in the claim's region too
+            # (as for records, agreement with random init is expected for equivalence claims)
             pooled["twin_artifact"] = (None if twin is None else
                                        pooled["direction"] != "equivalent"
-                                       and pooled["verdict"] in ("GENERAL", "HETEROGENEOUS")
-                                       and twin["verdict"] in ("GENERAL", "HETEROGENEOUS"))
+                                       and _average_in_region(pooled) and _average_in_region(twin))
             out.append(_public(pooled))
     return sorted(out, key=lambda p: (p["claim"], p["scope"] != MODELS_SCOPE, p["scope"],
                                       str(p["phase"]), str(p["family"])))
@@ -184,7 +185,7 @@ def _pool(recs: list[dict], left_out: list[dict], scope: str, alpha: float,
     ci_alpha, pi_alpha = levels(direction, alpha)
     re_ = random_effects([i["effect"] for i in inputs], [i["se"] for i in inputs],
                          alpha=pi_alpha, ci_alpha=ci_alpha, method=method)
-    verdict, reason = pooled_verdict(re_, direction, m)
+    verdict, reason = pooled_verdict(re_, direction, m, alpha)
     body = re_.to_json()
     body.pop("k")
     return {"claim": first["claim"], "statement": first.get("statement", ""),
@@ -193,6 +194,10 @@ def _pool(recs: list[dict], left_out: list[dict], scope: str, alpha: float,
             "k": len(inputs), **body, "verdict": verdict, "reason": reason,
             "inputs": inputs, "left_out": left, "twin": None, "twin_artifact": None,
             "_used": used}
+
+
+def _average_in_region(p: dict) -> bool:
+    return supported_region_contains(*p["ci"], p["direction"], p["min_effect"])
 
 
 def _public(p: dict) -> dict:

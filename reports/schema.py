@@ -3,9 +3,9 @@
 Versions: ``strata.verdicts/2`` (written now) adds the ``pooled`` list (random-effects records
 over the models of a run, ``reports/pooled.py``) and each record's ``se``; ``strata.verdicts/1``
 documents (no ``pooled``) are still read and validated. A pooled record's verdict is GENERAL
-(its prediction interval lies in the claim's supported region), HETEROGENEOUS (its pooled
-interval does, the prediction interval does not), ABSENT (its pooled interval lies outside) or
-INCONCLUSIVE (otherwise): ``probes/meta_analysis.py`` and the README ("Pooled over models").
+(its prediction interval lies in the claim's supported region), ABSENT (its pooled interval
+lies outside it), else HETEROGENEOUS (the models differ: Cochran's Q p ≤ α) or INCONCLUSIVE:
+``probes/meta_analysis.py`` and the README ("Pooled over models").
 
 ``SCHEMA`` is a JSON Schema (a plain subset: ``type``, ``properties``, ``required``,
 ``additionalProperties``, ``items``, ``enum``, ``const``, ``minItems``, ``maxItems``), so any

@@ -289,10 +289,10 @@ POOLED_ABBREV = {"GENERAL": "G", "HETEROGENEOUS": "H", "ABSENT": "A", "INCONCLUS
                  "MIXED": "M"}
 POOLED_MEANING = {
     "GENERAL": "the prediction interval lies in the claim's region: a new model is expected to show it",
-    "HETEROGENEOUS": "the pooled interval lies in the region, the prediction interval does not: "
-                     "the average model shows it, a new one may not",
+    "HETEROGENEOUS": "neither general nor absent, and the models differ beyond their standard "
+                     "errors (Cochran's Q p ≤ α): whether it holds depends on the model",
     "ABSENT": "the pooled interval lies outside the region: the average model does not show it",
-    "INCONCLUSIVE": "the pooled interval straddles the region's edge",
+    "INCONCLUSIVE": "neither, with no evidence that the models differ: more models needed",
 }
 
 

@@ -337,8 +337,8 @@ def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
                prediction: Sequence[float], *, direction: str = "greater",
                min_effect: float = 0.0, width: int = 620, title: str = "",
                pooled_label: str = "pooled", css_class: str = "forest") -> str:
-    """A forest plot: one row per model (``rows``: ``label``, ``effect``, ``lo``, ``hi``; a
-    square at the effect, a whisker over its interval), then the pooled estimate as a diamond
+    """A forest plot: one row per model (``rows``: ``label``, optional ``short`` label to show,
+    ``effect``, ``lo``, ``hi``; a square at the effect, a whisker over its interval), then the pooled estimate as a diamond
     over its interval and the prediction interval as a bar below it; the null (0) as a grey
     line, the minimum effect(s) as dashed red lines, and the claim's supported region shaded.
     A prediction interval far wider than the rest is clipped at the plot's edge, with an arrow."""
@@ -393,8 +393,9 @@ def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
     for i, r in enumerate(rows):
         y = fy(i)
         full = str(r.get("label", ""))
+        shown = clip_middle(str(r.get("short") or full), 32)
         out.append(f'<text x="{label_w - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
-                   f'fill="#1d2330"><title>{escape(full)}</title>{escape(clip_middle(full, 32))}</text>')
+                   f'fill="#1d2330"><title>{escape(full)}</title>{escape(shown)}</text>')
         e, lo, hi = r.get("effect"), r.get("lo"), r.get("hi")
         if is_num(lo) and is_num(hi):
             out.append(f'<line class="model-ci" x1="{sx(lo):.1f}" x2="{sx(hi):.1f}" y1="{y:.1f}" '
@@ -402,7 +403,7 @@ def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
         if is_num(e):
             out.append(f'<rect class="model-effect" x="{sx(e) - 3:.1f}" y="{y - 3:.1f}" width="6" '
                        f'height="6" fill="{LINE}"/>')
-        out.append(f'<text x="{width - num_w + 6}" y="{y + 3:.1f}" font-size="9.5" fill="{AXIS}">'
+        out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" fill="{AXIS}">'
                    f'{escape(_interval_text(e, lo, hi))}</text>')
     # pooled diamond and prediction interval
     y = fy(n) + 2
@@ -412,7 +413,7 @@ def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
                f'text-anchor="end" fill="{DIAMOND}">{escape(_clip(pooled_label, 30))}</text>')
     pts = [(sx(ci[0]), y), (sx(effect), y - 5.5), (sx(ci[1]), y), (sx(effect), y + 5.5)]
     out.append(f'<polygon class="pooled" points="{_pts(pts)}" fill="{DIAMOND}"/>')
-    out.append(f'<text x="{width - num_w + 6}" y="{y + 3:.1f}" font-size="9.5" font-weight="700" '
+    out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" font-weight="700" '
                f'fill="{DIAMOND}">{escape(_interval_text(effect, *ci))}</text>')
     y = fy(n + 1) + 2
     out.append(f'<text x="{label_w - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
@@ -427,7 +428,7 @@ def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
         else:
             out.append(f'<line x1="{end:.1f}" x2="{end:.1f}" y1="{y - 4:.1f}" y2="{y + 4:.1f}" '
                        f'stroke="{PI_LINE}" stroke-width="1.6"/>')
-    out.append(f'<text x="{width - num_w + 6}" y="{y + 3:.1f}" font-size="9.5" fill="{PI_LINE}">'
+    out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" fill="{PI_LINE}">'
                f'{escape(_interval_text(None, *prediction))}</text>')
     out.append("</svg>")
     return "".join(out)

@@ -111,32 +111,38 @@ def test_bad_inputs_are_refused(y, s, message):
 
 
 # -- the verdict rule ---------------------------------------------------------------------------
-def _re(ci, pi, tau2=0.01):
+def _re(ci, pi, q_p, tau2=0.01):
     return RandomEffects(k=5, method="pm", effect=(ci[0] + ci[1]) / 2, se=0.1, ci=ci,
-                         ci_level=0.95, tau2=tau2, i2=0.5, q=8.0, q_p=0.1,
+                         ci_level=0.95, tau2=tau2, i2=0.5, q=8.0, q_p=q_p,
                          prediction_interval=pi, pi_level=0.95, fixed_effect=0.0)
 
 
-@pytest.mark.parametrize("direction, ci, pi, verdict", [
-    ("greater", (0.20, 0.30), (0.12, 0.40), "GENERAL"),        # the PI clears m = 0.1
-    ("greater", (0.20, 0.30), (0.05, 0.45), "HETEROGENEOUS"),  # the mean does, a new model may not
-    ("greater", (-0.05, 0.08), (-0.3, 0.4), "ABSENT"),         # the pooled interval lies below m
-    ("greater", (0.05, 0.20), (-0.1, 0.4), "INCONCLUSIVE"),    # it straddles m
-    ("less", (0.20, 0.30), (0.10, 0.40), "GENERAL"),           # oriented: the same rule
-    ("two-sided", (-0.4, -0.2), (-0.6, -0.12), "GENERAL"),     # wholly ≤ −m
-    ("two-sided", (-0.4, -0.2), (-0.6, 0.05), "HETEROGENEOUS"),
-    ("two-sided", (-0.05, 0.05), (-0.3, 0.3), "ABSENT"),       # inside ±m
-    ("two-sided", (-0.3, 0.3), (-0.6, 0.6), "INCONCLUSIVE"),
-    ("equivalent", (-0.02, 0.03), (-0.08, 0.09), "GENERAL"),   # the PI within ±m
-    ("equivalent", (-0.02, 0.03), (-0.2, 0.2), "HETEROGENEOUS"),
-    ("equivalent", (0.15, 0.3), (0.0, 0.5), "ABSENT"),         # wholly beyond +m
-    ("equivalent", (0.05, 0.15), (-0.2, 0.4), "INCONCLUSIVE"),
+DIFFER, AGREE = 0.01, 0.4   # Cochran's Q p: the models differ (≤ α) or show no sign of it
+
+
+@pytest.mark.parametrize("direction, ci, pi, q_p, verdict", [
+    ("greater", (0.20, 0.30), (0.12, 0.40), DIFFER, "GENERAL"),     # the PI clears m = 0.1
+    ("greater", (0.20, 0.30), (0.12, 0.40), AGREE, "GENERAL"),
+    ("greater", (0.20, 0.30), (0.05, 0.45), DIFFER, "HETEROGENEOUS"),  # the mean does, a new model may not
+    ("greater", (0.20, 0.30), (0.05, 0.45), AGREE, "INCONCLUSIVE"),    # ... and too few models to say
+    ("greater", (-0.05, 0.08), (-0.3, 0.4), DIFFER, "ABSENT"),      # the pooled interval lies below m
+    ("greater", (0.05, 0.20), (-0.1, 0.4), DIFFER, "HETEROGENEOUS"),  # it straddles m; models differ
+    ("greater", (0.05, 0.20), (-0.1, 0.4), AGREE, "INCONCLUSIVE"),
+    ("less", (0.20, 0.30), (0.10, 0.40), AGREE, "GENERAL"),         # oriented: the same rule
+    ("two-sided", (-0.4, -0.2), (-0.6, -0.12), AGREE, "GENERAL"),   # wholly ≤ −m
+    ("two-sided", (-0.4, -0.2), (-0.6, 0.05), DIFFER, "HETEROGENEOUS"),
+    ("two-sided", (-0.05, 0.05), (-0.3, 0.3), DIFFER, "ABSENT"),    # inside ±m
+    ("two-sided", (-0.3, 0.3), (-0.6, 0.6), AGREE, "INCONCLUSIVE"),
+    ("equivalent", (-0.02, 0.03), (-0.08, 0.09), AGREE, "GENERAL"),  # the PI within ±m
+    ("equivalent", (-0.02, 0.03), (-0.2, 0.2), DIFFER, "HETEROGENEOUS"),
+    ("equivalent", (0.15, 0.3), (0.0, 0.5), AGREE, "ABSENT"),        # wholly beyond +m
+    ("equivalent", (0.05, 0.15), (-0.2, 0.4), AGREE, "INCONCLUSIVE"),
 ])
-def test_pooled_verdict_rule(direction, ci, pi, verdict):
+def test_pooled_verdict_rule(direction, ci, pi, q_p, verdict):
     m = 0.1
-    got, reason = pooled_verdict(_re(ci, pi), direction, m)
+    got, reason = pooled_verdict(_re(ci, pi, q_p), direction, m, alpha=0.05)
     assert got == verdict, reason
-    assert f"{pi[0]:+.4g}" in reason or f"{ci[0]:+.4g}" in reason
+    assert f"{pi[0]:+.4g}" in reason or f"{ci[0]:+.4g}" in reason or "Q p" in reason
 
 
 # -- standard errors and who is pooled ------------------------------------------------------------

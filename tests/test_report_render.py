@@ -376,8 +376,9 @@ def test_html_pooled_column_and_one_forest_plot_per_pooled_record(zoo, zoo_page)
     test_internal_links_resolve(parsed)
     cells = {a["data-claim"]: a.get("data-state") for tag, a in parsed.tags
              if tag == "td" and a.get("data-model") == S.ALL_MODELS}
-    assert cells == {"zoo-equivalent": "HETEROGENEOUS", "zoo-greater": "MIXED",
+    assert cells == {"zoo-equivalent": "INCONCLUSIVE", "zoo-greater": "HETEROGENEOUS",
                      "zoo-two-sided": "MIXED"}
+    assert {p["verdict"] for p in zoo["pooled"]} == set(S.POOLED_VERDICTS)
     assert zoo_page.count('<svg class="forest"') == len(zoo["pooled"]) == 10
     for p in zoo["pooled"]:       # every forest names its record's models in its rows
         for inp in p["inputs"]:
@@ -416,7 +417,7 @@ def test_markdown_pooled_column_and_tables(zoo):
     header = next(line for line in md.splitlines() if line.startswith("| claim |"))
     assert header.endswith("| **all models** |")
     row = next(line for line in md.splitlines() if line.startswith("| [zoo-greater]"))
-    assert row.endswith("| ◐ **MIXED** 1H 1I |")   # across-models records only (C, E)
+    assert row.endswith("| 🔷 **HETEROGENEOUS** 2H |")   # across-models records only (C, E)
     row = next(line for line in md.splitlines() if line.startswith("| [zoo-two-sided]"))
     assert row.endswith("| ◐ **MIXED** 1G 1A ⚠1 |")
     assert md.count("pooled over all models") == 3
