@@ -172,8 +172,10 @@ def supported_region_excludes(lo: float, hi: float, direction: str, m: float) ->
 
 
 def region_text(direction: str, m: float) -> str:
-    return {"greater": f"≥ {m:g}", "less": f"≥ {m:g}", "two-sided": f"|effect| ≥ {m:g}",
-            "equivalent": f"within ±{m:g}"}[direction]
+    """The supported region in words (effects oriented: claimed direction positive)."""
+    return "the region " + {"greater": f"effect ≥ {m:g}", "less": f"effect ≥ {m:g}",
+                            "two-sided": f"|effect| ≥ {m:g}",
+                            "equivalent": f"|effect| < {m:g}"}[direction]
 
 
 def pooled_verdict(re: RandomEffects, direction: str, min_effect: float,
@@ -186,16 +188,17 @@ def pooled_verdict(re: RandomEffects, direction: str, min_effect: float,
     pi_t = f"prediction interval [{pi[0]:+.4g}, {pi[1]:+.4g}]"
     spread = f"τ² = {re.tau2:.3g}, I² = {re.i2:.0%}, Q p = {re.q_p:.2g}"
     if supported_region_contains(*pi, direction, min_effect):
-        return "GENERAL", f"{pi_t} lies {where}: a new model is expected to show the claim"
+        return "GENERAL", f"{pi_t} lies in {where}: a new model is expected to show the claim"
     if supported_region_excludes(*ci, direction, min_effect):
         return "ABSENT", f"{ci_t} lies outside {where}: the average model does not show it"
-    average = ("the average model shows it, " if supported_region_contains(*ci, direction, min_effect)
-               else f"{ci_t} straddles the edge of {where}; ")
+    average = (f"{ci_t} lies in {where} (the average model shows it)"
+               if supported_region_contains(*ci, direction, min_effect)
+               else f"{ci_t} straddles the edge of {where}")
     if re.q_p <= alpha:
-        return "HETEROGENEOUS", (f"{average}and the models differ beyond their standard errors "
-                                 f"({spread}): whether it holds depends on the model")
-    return "INCONCLUSIVE", (f"{average}no evidence that the models differ ({spread}), and the "
-                            f"{pi_t} of {re.k} models reaches outside {where}: more models needed")
+        return "HETEROGENEOUS", (f"{average}, and the models differ beyond their standard "
+                                 f"errors ({spread}): whether it holds depends on the model")
+    return "INCONCLUSIVE", (f"{average}, with no evidence that the models differ ({spread}); "
+                            f"the {pi_t} of {re.k} models reaches outside it: more models needed")
 
 
 def levels(direction: str, alpha: float) -> tuple[float, float]:
