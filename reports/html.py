@@ -266,9 +266,12 @@ def _checkpoint_sections(doc, claims, claim_ids) -> str:
             for k in keys:
                 groups.setdefault(k[2] if per_phase else None, []).append(k)
             figs = [_checkpoint_figure(series, c, phase, gkeys, per_phase)
-                    for phase, gkeys in groups.items()]
-            blocks.append(f'<h3><a href="#{claim_ids[c.id]}">{e(c.id)}</a></h3>'
-                          f'<div class="grid">{"".join(figs)}</div>')
+                    for phase, gkeys in groups.items()
+                    if any(r and r["verdict"] != "N/A" for k in gkeys
+                           for r in series.trajectories[k])]
+            body = (f'<div class="grid">{"".join(figs)}</div>' if figs else
+                    '<p class="na">N/A at every checkpoint.</p>')
+            blocks.append(f'<h3><a href="#{claim_ids[c.id]}">{e(c.id)}</a></h3>{body}')
         labels = ", ".join(e(x) for x in series.labels)
         out.append(f'<section class="card" id="{e(slug("checkpoints-" + series.name))}">'
                    f'<h2>Across checkpoints — <span class="mono">{e(series.name)}</span></h2>'

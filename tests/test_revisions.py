@@ -26,6 +26,10 @@ from tests.test_fingerprints import fine_tune
 from tests.test_plugin_e2e import WEIGHT_CLAIMS, records, run_pytest
 
 
+def checkpoint(seed: int):
+    return fine_tune(seed, 0.05, "planted-adjacent")
+
+
 def add_revision(hub: Path, repo: str, ref: str | None, model, tmp: Path) -> str:
     """Put ``model`` ((config, state)) into the HF cache ``hub`` as a snapshot of ``repo``, its
     commit named by its content, with ``refs/<ref>`` pointing at it (a branch or tag; None: no
@@ -52,14 +56,15 @@ def add_revision(hub: Path, repo: str, ref: str | None, model, tmp: Path) -> str
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """An HF cache with org/pythia-tiny at branches step500, step1000 (other weights, same
-    config and shapes), tag v1 → step1000's commit, main → step1000; offline."""
+    """An HF cache with org/pythia-tiny at branches step500, step1000 (the planted-adjacent
+    control, its weights nudged by two seeds: same config and shapes, other weights), tag v1 →
+    step1000's commit, main → step1000; offline."""
     from huggingface_hub import constants
     root = tmp_path / "hf"
     work = tmp_path / "work"
     work.mkdir()
-    commits = {"step500": add_revision(root, "org/pythia-tiny", "step500", fine_tune(1), work),
-               "step1000": add_revision(root, "org/pythia-tiny", "step1000", fine_tune(2), work)}
+    commits = {rev: add_revision(root, "org/pythia-tiny", rev, checkpoint(seed), work)
+               for rev, seed in (("step500", 1), ("step1000", 2))}
     for ref in ("v1", "main"):
         (root / "models--org--pythia-tiny" / "refs" / ref).write_text(commits["step1000"])
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(root))
@@ -81,7 +86,7 @@ def test_revisions_open_their_own_weights_with_their_own_fingerprints(hub, tmp_p
     assert early.fingerprint != late.fingerprint
     assert early.meta["fingerprint_method"]["hf-blob"] == 1
     for model, seed in ((early, 1), (late, 2)):
-        state = fine_tune(seed)[1]
+        state = checkpoint(seed)[1]
         for name in ("model.layers.3.self_attn.q_proj.weight", "model.embed_tokens.weight"):
             assert torch.equal(model.tensor(name), state[name]), (model.spec, name)
     info = dict(early.describe())
@@ -114,7 +119,7 @@ def test_the_twin_of_a_revision_reads_its_config_only(hub, tmp_path, monkeypatch
         if len(blob.name) == 64:   # the weights: unreadable, and never read
             blob.write_bytes(b"\0" * 16)
     twin = open_model("random:org/pythia-tiny@step500", cache)
-    assert twin.is_twin and twin.layout.num_layers == 8
+    assert twin.is_twin and twin.layout.num_layers == 24
     info = twin.describe()
     assert (info["repo"], info["revision"], info["commit"]) == \
         ("org/pythia-tiny", "step500", commits["step500"])
