@@ -208,3 +208,34 @@ def test_gemma_attention_scale_follows_llama_cpp():
         small = completions(meta, {**base, "model_type": mt, "num_hidden_layers": 26},
                             _defaults(mt))
         assert big["query_pre_attn_scalar"] == 144 and small["query_pre_attn_scalar"] == 128
+
+
+def test_the_table_applies_to_every_architecture_the_gguf_reader_supports():
+    """For each architecture of transformers' GGUF_CONFIG_MAPPING, a file holding every key of
+    the table: a key the architecture's entry maps is left to it; any other sets an attribute
+    that architecture's config class has (head_dim: read by attention modules wherever it is
+    present); no architecture errors on the table's keys."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from probes.models.gguf_config import COMPLETIONS, ROPE_SCALING_KEYS
+    keys = [c.key for c in COMPLETIONS] + list(ROPE_SCALING_KEYS)
+    values = {"rope.scaling.type": "linear", "rope.scaling.factor": 2.0}
+    checked = []
+    for loader, entry in GGUF_CONFIG_MAPPING.items():
+        model_type = {"gemma3": "gemma3_text", "gemma4": "gemma4_text"}.get(loader, loader)
+        if model_type not in CONFIG_MAPPING:    # "general", "tokenizer": not architectures
+            continue
+        defaults = _defaults(model_type)
+        meta = {"general.architecture": loader,
+                **{f"{loader}.{k}": values.get(k, 32) for k in keys}}
+        out = completions(meta, {"model_type": model_type}, defaults)
+        for c in COMPLETIONS:
+            if entry.get(c.key):                 # only key_length sets head_dim
+                assert c.attribute not in out, (loader, c.key)
+            elif c.attribute in out:
+                assert c.attribute == "head_dim" or c.attribute in defaults, (loader, c.key)
+        if "rope_parameters" in out:
+            assert defaults.get("rope_parameters"), loader
+        checked.append(loader)
+    assert {"llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "gemma2", "gemma3", "phi3",
+            "starcoder2", "gpt2", "stablelm", "nemotron"} <= set(checked)

@@ -120,13 +120,12 @@ def completions(meta: dict, raw: dict, defaults: dict) -> dict:
             continue
         if c.attribute == "head_dim" or c.attribute in defaults:
             out[c.attribute] = meta[f"{arch}.{c.key}"]
-    head_dim = out.get("head_dim", raw.get("head_dim") or defaults.get("head_dim")
-                       or raw["hidden_size"] // raw["num_attention_heads"])
-    if dropped(VALUE_LENGTH_KEY) and meta[f"{arch}.{VALUE_LENGTH_KEY}"] != head_dim:
+    head_dim = _head_dim({**defaults, **raw, **out})
+    if dropped(VALUE_LENGTH_KEY) and head_dim and meta[f"{arch}.{VALUE_LENGTH_KEY}"] != head_dim:
         raise StrataError(f"GGUF {loader} model with value heads of width "
                           f"{meta[f'{arch}.{VALUE_LENGTH_KEY}']} and query/key heads of width "
                           f"{head_dim}: transformers' {loader} config has one head_dim")
-    if dropped(ROPE_DIMENSION_KEY):
+    if dropped(ROPE_DIMENSION_KEY) and head_dim:
         rotary = meta[f"{arch}.{ROPE_DIMENSION_KEY}"]
         if rotary != head_dim:
             if "partial_rotary_factor" not in _rope_of(defaults) \
@@ -136,13 +135,21 @@ def completions(meta: dict, raw: dict, defaults: dict) -> dict:
                                   f"cannot say so (no partial rotary factor)")
             out["partial_rotary_factor"] = rotary / head_dim
     scaling = {hf: meta[f"{arch}.{key}"] for key, hf in ROPE_SCALING_KEYS.items() if dropped(key)}
-    if scaling.get("rope_type") not in (None, "none"):
+    if scaling.get("rope_type") not in (None, "none") and _rope_of(defaults):
         out["rope_parameters"] = _rope_parameters(scaling, raw, defaults)
-    full = {**defaults, **raw, **out}
     for attribute, derive in DERIVED.get(loader, {}).items():
         if attribute not in raw:
-            out[attribute] = derive({**full, "head_dim": full.get("head_dim") or head_dim})
+            out[attribute] = derive({**defaults, **raw, **out, "head_dim": head_dim})
     return out
+
+
+def _head_dim(cfg: dict) -> int | None:
+    """The per-head width a config gives: its ``head_dim``, else hidden / heads (None where
+    the config names neither, e.g. GPT-2's ``n_embd``/``n_head``)."""
+    if cfg.get("head_dim"):
+        return cfg["head_dim"]
+    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+    return hidden // heads if hidden and heads else None
 
 
 def _rope_of(cfg: dict) -> dict:
