@@ -17,6 +17,7 @@ from probes.models import open_model
 from probes.models.gguf_config import completions
 from probes.models.gguf_tensors import GGUFTensors
 from probes.models.adapters import Adapter
+from probes.models.checkpoint import write_checkpoint
 from probes.models.loaded import LoadedModel
 from probes.models.random_init import hf_config
 from probes.models.sources import DictSource
@@ -58,12 +59,14 @@ def test_qwen3_gguf_with_head_dim_not_hidden_over_heads_converts_to_its_weights(
     """The reported bug: Qwen3's GGUF carries head_dim as qwen3.attention.key_length, which
     transformers' reader drops (its default, 128, stands in). Converted, every tensor equals the
     safetensors original's, bit for bit (F32 file), and the layout has the file's head_dim."""
-    original = model_of("qwen3")
+    from transformers import AutoConfig
+    cache = Cache(tmp_path / "cache")
+    original = open_model(str(write_checkpoint(model_of("qwen3"), tmp_path / "safetensors")), cache)
     path = tmp_path / "qwen3-hd32.gguf"
     write_gguf(original, path, "F32")
-    from transformers import AutoConfig
     assert AutoConfig.from_pretrained(str(tmp_path), gguf_file=path.name).head_dim == 128
-    model = open_model(str(path), Cache(tmp_path / "cache"))
+    model = open_model(str(path), cache)
+    assert model.layout == original.layout
     assert model.layout.head_dim == 32 and model.layout.hidden == 64
     assert model.layout.num_heads == 4 and model.layout.num_kv_heads == 2
     assert set(model.tensor_names()) == set(original.tensor_names())
