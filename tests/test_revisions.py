@@ -6,7 +6,6 @@ huggingface_hub resolves the revisions from it, offline."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
