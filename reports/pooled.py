@@ -135,7 +135,9 @@ def _members(recs: list[dict], info: dict) -> list[tuple[str, list[dict], list[d
                 f"a revision of {repo}: checkpoints of one training run are not independent "
                 f"draws ({'the released ' + bare[0]['model'] + ' stands for them' if bare else 'no released spec in the run'}"
                 f"; pooled by themselves under '{REVISIONS_SCOPE}{repo}')")})
-        if len(revs) >= 2:
+        if len(revs) >= 2:  # in checkpoint order where the report gives one (reports.checkpoints)
+            revs.sort(key=lambda r: (((info.get(r["model"]) or {}).get("checkpoint") or {})
+                                     .get("index", 0), r["model"]))
             scopes.append((REVISIONS_SCOPE + repo, revs, []))
     return [(MODELS_SCOPE, chosen, left_out)] + scopes
 
