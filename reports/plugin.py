@@ -256,9 +256,12 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
     run_models = sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"]))
     # revisions of one hub model: their checkpoint order (reports.checkpoints), in the order
-    # given (--model, then the --models zoo files)
-    given = strata.specs if strata else list(dict.fromkeys(config.getoption("model") or []))
-    checkpoints.annotate(run_models, list(given))
+    # given (--model, then the --models zoo files; read here: under xdist the controller has no
+    # session object)
+    from probes.zoo import read_zoo
+    given = [*(config.getoption("model") or []),
+             *(spec for path in config.getoption("models") or [] for spec in read_zoo(path))]
+    checkpoints.annotate(run_models, list(dict.fromkeys(given)))
     doc = {
         "schema": SCHEMA,
         "run": {
