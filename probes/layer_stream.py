@@ -40,6 +40,13 @@ import torch
 from .errors import StrataError
 
 
+# buffers older transformers versions saved in decoder layers, which today's modules rebuild or
+# no longer have: rotary frequencies (GPT-NeoX/Pythia, early llama) and GPT-2/GPT-NeoX's
+# ``masked_bias`` constant; dropped from a layer's stored tensors like the class's own
+# ``_keys_to_ignore_on_load_unexpected`` (transformers warns and ignores them too)
+_LEGACY_BUFFERS = (r"rotary_emb\.inv_freq$", r"(^|\.)masked_bias$")
+
+
 class _LastLayerDone(Exception):
     """Raised by the last stand-in: the rest of the base model's forward is not needed."""
 
@@ -199,9 +206,10 @@ class LayerStream:
             raise StrataError(f"decoder layer {layer} was already run and released")
         expected = set(module.state_dict())
         ignore = [re.compile(p) for p in
-                  getattr(self.body, "_keys_to_ignore_on_load_unexpected", None) or ()]
-        # stored tensors the module does not hold and transformers itself drops on load (old
-        # GPT-2/GPT-NeoX checkpoints' causal-mask buffers)
+                  (*(getattr(self.body, "_keys_to_ignore_on_load_unexpected", None) or ()),
+                   *_LEGACY_BUFFERS)]
+        # stored tensors the module does not hold and transformers does not load: old GPT-2 and
+        # GPT-NeoX checkpoints' causal-mask buffers (the class's own ignore list) and constants
         state = {k: v.to(torch.float32) for k, v in self.model.layer_state(layer).items()
                  if k in expected or not any(p.search(k) for p in ignore)}
         if set(state) != expected:

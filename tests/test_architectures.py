@@ -24,6 +24,7 @@ relative; we assert ``atol = rtol = 1e-4`` on O(1) quantities. Differences of tw
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -507,3 +508,36 @@ def test_gauge_neuron_permutation_without_a_gate_is_shared_by_up_and_down():
                               rates={"gemm_f32_gflops": 1.0, "gemm_bf16_gflops": 1.0,
                                      "eig512_s": 1.0, "lsa512_s": 1.0})
     assert est.loc["up_proj", "assignment"] > 0
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt_neox"])
+def test_hub_checkpoints_legacy_names_and_buffers(arch, ckpt, tmp_path):
+    """Hub GPT-2 stores its tensors without the ``transformer.`` prefix and, like Pythia, the
+    layers' causal-mask buffers (``attn.bias``, ``attention.masked_bias``) and older rotary
+    frequencies: the adapter finds the layers, the stream drops what transformers drops, and the
+    statistics still equal the whole-model forward."""
+    from safetensors.torch import load_file, save_file
+    src = ckpt(arch)
+    state = load_file(str(src / "model.safetensors"))
+    n = json.loads((src / "config.json").read_text())["n_layer" if arch == "gpt2"
+                                                       else "num_hidden_layers"]
+    if arch == "gpt2":
+        state = {k.removeprefix("transformer."): v for k, v in state.items()}
+        extra = {f"h.{i}.attn.bias": torch.tril(torch.ones(1, 1, 8, 8)) for i in range(n)}
+        extra.update({f"h.{i}.attn.masked_bias": torch.tensor(-1e4) for i in range(n)})
+    else:
+        extra = {f"gpt_neox.layers.{i}.attention.{b}": t for i in range(n) for b, t in
+                 (("bias", torch.tril(torch.ones(1, 1, 8, 8))), ("masked_bias", torch.tensor(-1e4)),
+                  ("rotary_emb.inv_freq", torch.ones(2)))}
+    out = tmp_path / "legacy"
+    out.mkdir()
+    save_file({**state, **extra}, str(out / "model.safetensors"))
+    (out / "config.json").write_text((src / "config.json").read_text())
+    legacy, model = open_model(str(out)), open_model(str(src))
+    assert legacy.families == model.families and legacy.adapter.prefix != "transformer."
+    for fam in model.families:
+        assert torch.equal(legacy.weight(n - 1, fam), model.weight(n - 1, fam)), fam
+    from tests.test_layer_stream import assert_same_statistics
+    tc = calibration.tokenize(calibration.load_corpus(), legacy.encode, 120)
+    assert_same_statistics(activations.compute(legacy, tc, top_k=2),
+                           activations.compute(model, tc, top_k=2))
