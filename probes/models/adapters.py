@@ -269,22 +269,26 @@ def layout_of(config: dict) -> Layout:
     hidden // num_heads; GPT-2's intermediate 4·hidden when ``n_inner`` is null."""
     cfg = text_config(config)
     arch = architecture(cfg["model_type"])
-    try:
-        hidden = int(_key(cfg, arch, "hidden"))
-        heads = int(_key(cfg, arch, "num_heads"))
-        kv = int(_key(cfg, arch, "num_kv_heads") or heads)
-        head_dim = int(_key(cfg, arch, "head_dim") or hidden // heads)
-        inter = _key(cfg, arch, "intermediate")
-        inter = int(inter) if inter is not None else 4 * hidden
-        experts = int(_key(cfg, arch, "num_experts") or 0) if arch.experts else 0
-        expert_inter = int(_key(cfg, arch, "expert_intermediate")) if experts else 0
-        return Layout(architecture=cfg["model_type"],
-                      num_layers=int(_key(cfg, arch, "num_layers")), hidden=hidden,
-                      num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate=inter,
-                      num_experts=experts, expert_intermediate=expert_inter)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise StrataError(f"config.json lacks a usable {exc} for a "
-                          f"{cfg.get('model_type')} model") from None
+
+    def need(fld: str) -> int:
+        value = _key(cfg, arch, fld)
+        keys = arch.config_keys.get(fld, _LAYOUT_KEYS[fld])
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            names = " or ".join([keys] if isinstance(keys, str) else keys)
+            raise StrataError(f"config.json lacks a usable {names} ({value!r}) for a "
+                              f"{cfg['model_type']} model") from None
+
+    hidden, heads = need("hidden"), need("num_heads")
+    kv = need("num_kv_heads") if _key(cfg, arch, "num_kv_heads") is not None else heads
+    head_dim = need("head_dim") if _key(cfg, arch, "head_dim") is not None else hidden // heads
+    inter = need("intermediate") if _key(cfg, arch, "intermediate") is not None else 4 * hidden
+    experts = need("num_experts") if arch.experts and _key(cfg, arch, "num_experts") else 0
+    return Layout(architecture=cfg["model_type"], num_layers=need("num_layers"), hidden=hidden,
+                  num_heads=heads, num_kv_heads=kv, head_dim=head_dim, intermediate=inter,
+                  num_experts=experts,
+                  expert_intermediate=need("expert_intermediate") if experts else 0)
 
 
 def parallel_attention(arch: Architecture, config: dict) -> bool:
