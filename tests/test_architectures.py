@@ -541,3 +541,19 @@ def test_hub_checkpoints_legacy_names_and_buffers(arch, ckpt, tmp_path):
     tc = calibration.tokenize(calibration.load_corpus(), legacy.encode, 120)
     assert_same_statistics(activations.compute(legacy, tc, top_k=2),
                            activations.compute(model, tc, top_k=2))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_synthetic_tiny_model_of_every_architecture(arch, ckpt):
+    """``synthetic:tiny-<arch>`` (the architecture's init drawn tensor by tensor, in
+    transformers' in-memory names: fused experts) has the families of the transformers-saved
+    checkpoint, and transformers runs it holding the adapter's tensors."""
+    model, saved = open_model(f"synthetic:tiny-{arch}"), open_model(str(ckpt(arch)))
+    assert model.families == saved.families and model.absent == saved.absent
+    hf = model.hf_model()
+    state = hf.state_dict()
+    ref = model.adapter.ref(1, "k_proj")
+    name = ref.name if isinstance(ref, TensorRef) else ref.parts[0].name
+    assert torch.equal(ref.apply(state[name]), model.weight(1, "k_proj"))
+    with torch.no_grad():
+        assert torch.isfinite(hf(torch.tensor([[3, 4, 5]])).logits).all()
