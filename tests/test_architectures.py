@@ -28,13 +28,13 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks import compatibility as compat
+from benchmarks.claims import discover
 from probes import activations, calibration, head_metric
 from probes.cache import Cache
 from probes.models import open_model
@@ -315,8 +315,7 @@ def test_every_claim_gives_a_verdict_or_an_na_the_architecture_explains(arch, ck
     path = ckpt(arch)
     records = compat.evaluate_checkpoint(path, Cache())
     model = open_model(str(path))
-    assert {r["claim"] for r in records} == {ct.claim.id for ct in
-                                             __import__("benchmarks.claims").claims.discover()}
+    assert {r["claim"] for r in records} == {ct.claim.id for ct in discover()}
     for r in records:
         assert r["verdict"] in ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A"), r
         if r["verdict"] == "N/A":
