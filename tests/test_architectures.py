@@ -469,7 +469,7 @@ def test_readme_compatibility_table_is_what_the_code_renders(ckpt):
     for arch in ARCHITECTURES:
         path = ckpt(compat.tiny_arch(arch))
         records = compat.evaluate_checkpoint(path, Cache())
-        r = compat.row(arch, records, compat.gguf_cell(arch, path), notes)
+        r = compat.row(arch, records, compat.gguf_cell(arch, path, Cache()), notes)
         r["layout"] = compat.layout_text(arch)
         rows.append(r)
     rendered = compat.render(rows, notes)
