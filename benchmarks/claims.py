@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 from probes.cache import Cache
 from probes.errors import NotApplicable
 from probes.evidence import Claim, decide
+from probes.models.base import claim_families
 from probes.phases import default_phases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,7 +168,8 @@ def evaluate(model, claims: Iterable[ClaimTest], session: Session, alpha: float 
         want = (only or {}).get(ct.claim.id)
         for phase in (list(phases) if "phase" in ct.params else [None]):
             fams = ([None] if "family" not in ct.params
-                    else list(ct.families) if ct.families else list(model.families))
+                    else claim_families(ct.families, model.families) if ct.families
+                    else list(model.families))
             for family in fams:
                 if want is not None and (phase, family) not in want \
                         and (phase, None) not in want:

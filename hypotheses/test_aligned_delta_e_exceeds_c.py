@@ -5,7 +5,7 @@ import pytest
 
 from probes import gauge
 from probes.evidence import Claim
-from probes.models.base import PROJECTIONS
+from probes.models.base import EXPERT_FAMILIES, GAUGE_FAMILIES
 
 # cos units: an E − C difference in excess smaller than this is not a finding (the per-pair
 # null sd is ≈ 0.001-0.003 on SmolLM2-sized matrices, ≈ 0.01 on 64-wide synthetic ones)
@@ -29,6 +29,6 @@ CLAIM = Claim(
 
 
 @pytest.mark.weights
-@pytest.mark.families(*PROJECTIONS)
+@pytest.mark.families(*GAUGE_FAMILIES, *EXPERT_FAMILIES)  # the router, experts: MoE only
 def test_aligned_delta_e_exceeds_c(gauge_alignment, strata, phases, family, verdict):
     verdict(CLAIM, gauge.e_exceeds_c(gauge_alignment, phases, family, seed=strata.seed))

@@ -5,7 +5,7 @@ import pytest
 
 from probes import gauge
 from probes.evidence import Claim
-from probes.models.base import PROJECTIONS
+from probes.models.base import EXPERT_FAMILIES, GAUGE_FAMILIES
 
 # Equivalence margin, cos units. Aligning *unrelated* matrices already gives 0.4-0.9 on SmolLM2
 # and the per-pair null sd is ≈ 0.001-0.003, so ±0.02 is resolvable from a handful of pairs and
@@ -29,6 +29,6 @@ CLAIM = Claim(
 
 
 @pytest.mark.weights
-@pytest.mark.families(*PROJECTIONS)
+@pytest.mark.families(*GAUGE_FAMILIES, *EXPERT_FAMILIES)  # the router, experts: MoE only
 def test_gauge_delta_null(gauge_alignment, phases, phase, family, verdict):
     verdict(CLAIM, gauge.excess_equivalence(gauge_alignment, phases, phase, family, EPSILON))

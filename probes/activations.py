@@ -58,20 +58,24 @@ MAX_WINDOW = 1024
 
 
 def decoder_layers(hf_model, num_layers: int) -> list[torch.nn.Module]:
-    """The decoder layer modules of a transformers causal LM, in order.
-
-    ``model.layers`` for llama/mistral/qwen2/qwen3/gemma3 (text) ``*ForCausalLM``; falls back to
-    the first ``ModuleList`` named ``…layers`` with ``num_layers`` entries (multimodal wrappers
-    such as ``model.language_model.layers``)."""
-    inner = getattr(hf_model, "model", None)
-    layers = getattr(inner, "layers", None)
+    """The decoder layer modules of a transformers causal LM, in order: the base model's
+    (``hf_model.base_model``) list named by the architecture table (``layers``; GPT-2's ``h``),
+    else the first ``ModuleList`` named ``…layers`` with ``num_layers`` entries (multimodal
+    wrappers such as ``model.language_model.layers``)."""
+    from .models.adapters import SUPPORTED_ARCHITECTURES, architecture
+    body = getattr(hf_model, "base_model", hf_model)
+    try:
+        attr = architecture(body.config.get_text_config().model_type).layers
+    except (StrataError, AttributeError):
+        attr = "layers"
+    layers = getattr(body, attr, None)
     if isinstance(layers, torch.nn.ModuleList) and len(layers) >= num_layers:
         return list(layers)[:num_layers]
     for name, mod in hf_model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and name.endswith("layers") and len(mod) == num_layers:
             return list(mod)
     raise StrataError(f"cannot find the {num_layers} decoder layers in "
-                      f"{type(hf_model).__name__}; supported: llama, mistral, qwen2, qwen3, gemma3")
+                      f"{type(hf_model).__name__}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
 
 
 class _StopForward(Exception):
@@ -239,7 +243,7 @@ def compute_hooked(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: i
     dev = next(hf.parameters()).device
     # the decoder stack without the LM head: logits (T × vocab) are not needed and cost more
     # than the layers on small models
-    body = hf.model if isinstance(getattr(hf, "model", None), torch.nn.Module) else hf
+    body = getattr(hf, "base_model", hf)
     groups = layer_groups(n, d, gram_budget_bytes)
     accs: dict[int, LayerAccumulator] = {}
     max_held, max_window_bytes = 0, 0

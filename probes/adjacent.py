@@ -22,7 +22,10 @@ pair has cos ≈ 1. By the combinatorial CLT (Hoeffding) the permutation distrib
 for large n, which the p-values use.
 
 Invariances: cos is invariant to positive rescaling of either layer; it is NOT invariant to the
-layer-internal gauge (rotating a layer's heads or permuting its neurons) — see probes.gauge.
+layer-internal gauge (rotating a layer's heads or permuting its neurons) — see probes.gauge. Nor
+to relabelling a mixture of experts' experts: the expert families are N/A here (experts are
+unordered across layers; ``probes.models.base.UNORDERED_FAMILIES``), their norms still feed the
+scale schedule.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import numpy as np
 
 from .errors import NotApplicable
 from .evidence import Evidence, Matrix, Profile
-from .models.base import CANONICAL_FAMILIES, Model
+from .models.base import UNORDERED_FAMILIES, Model
 from .phases import adjacent_pairs
 from .stats import t_interval
 from .weight_gram import family_gram
@@ -45,11 +48,12 @@ ORTHOGONAL_NULL = {"cos": 0.0, "resid": math.sqrt(2.0), "scalar_fit": 1.0,
                    "improve_frac": 1.0 - 1.0 / math.sqrt(2.0)}
 
 
-def compute(model: Model, families=CANONICAL_FAMILIES, device: str = "cpu") -> dict:
+def compute(model: Model, families=None, device: str = "cpu") -> dict:
     """One streamed pass per family: ``{f"{family}/gram", f"{family}/sums", f"{family}/n"}``
-    for every family the model has (see probes.weight_gram), plus ``families``."""
-    out: dict = {"families": []}
-    for fam in families:
+    for every family the model has (default: all of ``model.families``; see probes.weight_gram),
+    plus ``families`` and ``absent`` (why a family one would look for is missing)."""
+    out: dict = {"families": [], "absent": dict(getattr(model, "absent", {}))}
+    for fam in (model.families if families is None else families):
         g = family_gram(model, fam, device=device)
         if g is None:
             continue
@@ -119,6 +123,8 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
     tests "every pair is at its entry-shuffle null", and is astronomically small for any real
     weight pair because n is large) are in ``extra``.
     """
+    if family in UNORDERED_FAMILIES:
+        raise NotApplicable(UNORDERED_FAMILIES[family])
     pairs = adjacent_pairs(phases, phase)
     if len(pairs) < min_pairs:
         raise NotApplicable(f"phase {phase} has {len(pairs)} adjacent pair(s); need ≥ {min_pairs}")
@@ -166,5 +172,6 @@ def table(result: dict) -> "pandas.DataFrame":
 
 def _family(result: dict, family: str) -> dict:
     if family not in result["families"]:
-        raise NotApplicable(f"the model has no {family} family")
+        raise NotApplicable((result.get("absent") or {}).get(family)
+                            or f"the model has no {family} family")
     return {k: result[f"{family}/{k}"] for k in ("gram", "sums", "n")}

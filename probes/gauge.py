@@ -34,9 +34,11 @@ symmetry of the MLP (the activation is elementwise): their primary alignment is 
 permutation below.
 
 Permutation alignment (MLP). The MLP's exact discrete symmetry is a neuron permutation shared
-by gate rows, up rows and down columns. With each family's internal-major matrix scaled to unit
-Frobenius norm and the three concatenated along the residual side (``X``: ff × 3·hidden), the
-assignment π maximising Σ_i ⟨X_L[i], X_L'[π(i)]⟩ — i.e. the sum of the three permuted cosines —
+by gate rows, up rows and down columns — by up rows and down columns alone where the MLP has no
+gate (GPT-2, GPT-NeoX, Phi-2, StarCoder2: down(act(up x))). With each family's internal-major
+matrix scaled to unit Frobenius norm and the two or three concatenated along the residual side
+(``X``: ff × 3·hidden, or ff × 2·hidden), the assignment π maximising Σ_i ⟨X_L[i], X_L'[π(i)]⟩ —
+i.e. the sum of the permuted cosines —
 is found by ``probes.assignment`` on the ff × ff similarity X_L X_L'ᵀ: exact
 (``linear_sum_assignment``) up to ``EXACT_ASSIGNMENT_MAX`` = 4096 neurons, above it the stated
 approximation ``approx:knn32+sparse-lsa`` (a sparse nearest-neighbour candidate graph matched
@@ -46,6 +48,12 @@ exactly; its gap to the exact solver is measured there, and recorded per pair as
 aligned over.) Above ``EXACT_ASSIGNMENT_MAX`` neurons the MLP families' orthogonal O(ff)
 alignment (not a symmetry of the MLP, and the costliest of the orthogonal ones) is not
 computed: their orth_* fields are NaN.
+
+Router (mixtures of experts). Its rows score the experts, so a relabelling of a layer's experts
+permutes them: the router is aligned like q/k/v, orthogonally over its rows (O(experts), a
+superset of the expert permutations). The expert MLPs themselves are not aligned: experts are
+unordered across layers and no expert matching is implemented (their records are N/A with that
+reason: ``probes.models.base.UNORDERED_FAMILIES``).
 
 Null (spectrum preserving). The same alignment of layer L against layer L' whose residual side
 is scrambled by a random signed permutation S (random permutation × random ±1): B → B S. This
@@ -99,7 +107,7 @@ from scipy import stats as sps
 from . import assignment, stats
 from .errors import NotApplicable
 from .evidence import Evidence, Profile
-from .models.base import INTERNAL_SIDE, PROJECTIONS
+from .models.base import GAUGE_FAMILIES, INTERNAL_SIDE, UNORDERED_FAMILIES
 from .phases import adjacent_pairs
 
 PROBE_ID = "gauge"
@@ -111,6 +119,13 @@ MIN_NULL_DRAWS = 2              # fewest: two give the per-pair null sd
 NULL_SE_TARGET = 0.001          # draws are added until the null mean's se sd/√d ≤ this
 MLP_FAMILIES = ("gate_proj", "up_proj", "down_proj")
 NULL_KIND = "spectrum-preserving: alignment against L+1 with its residual side sign-permuted"
+
+
+def mlp_families(present) -> list[str]:
+    """The MLP families the neuron permutation is shared by: gate, up and down, or up and down
+    where the MLP has no gate; none without both up and down."""
+    fams = [f for f in MLP_FAMILIES if f in present]
+    return fams if "up_proj" in fams and "down_proj" in fams else []
 
 
 def gauge_of(family: str) -> str:
@@ -221,29 +236,31 @@ def orthogonal_alignment(ca, cb, norm_a: float, norm_b: float, perms: np.ndarray
 
 
 def neuron_matrix(mlp: Mapping[str, np.ndarray]) -> np.ndarray:
-    """ff × 3·hidden: internal-major gate, up, downᵀ, each scaled to unit Frobenius norm."""
-    return np.concatenate([mlp[f] / np.linalg.norm(mlp[f]) for f in MLP_FAMILIES], axis=1)
+    """ff × k·hidden: internal-major gate (if any), up, downᵀ, each scaled to unit Frobenius norm."""
+    return np.concatenate([mlp[f] / np.linalg.norm(mlp[f]) for f in mlp_families(mlp)], axis=1)
 
 
 def _neurons(mlp: Mapping[str, torch.Tensor], norms: Mapping[str, float], dtype) -> torch.Tensor:
-    """ff × 3·hidden neuron vectors (gate, up, downᵀ rows, each family / its Frobenius norm)."""
-    return torch.cat([mlp[f] / norms[f] for f in MLP_FAMILIES], dim=1).to(dtype).contiguous()
+    """ff × k·hidden neuron vectors (gate, up, downᵀ rows, each family / its Frobenius norm)."""
+    return torch.cat([mlp[f] / norms[f] for f in mlp_families(mlp)], dim=1).to(dtype).contiguous()
 
 
 def _scramble_neurons(x: torch.Tensor, perm: np.ndarray, sign: np.ndarray) -> torch.Tensor:
     """The neuron vectors of L' with the same signed permutation S on each family's residual side."""
     h = len(perm)
-    idx = torch.as_tensor(np.concatenate([perm + k * h for k in range(3)]), device=x.device)
-    s = torch.as_tensor(np.tile(sign, 3), dtype=x.dtype, device=x.device)
+    k = x.shape[1] // h
+    idx = torch.as_tensor(np.concatenate([perm + i * h for i in range(k)]), device=x.device)
+    s = torch.as_tensor(np.tile(sign, k), dtype=x.dtype, device=x.device)
     return x[:, idx] * s
 
 
 def permutation_cosines(fa: Mapping[str, torch.Tensor], fb: Mapping[str, torch.Tensor],
                         perm: np.ndarray, scr=None) -> np.ndarray:
-    """Per MLP family cos(A_f, P B_f S): float32 products summed in float64."""
-    p = torch.as_tensor(perm, device=fb["gate_proj"].device)
+    """Per MLP family (gate if any, up, down) cos(A_f, P B_f S): float32 products summed in
+    float64."""
+    p = torch.as_tensor(perm, device=fb["up_proj"].device)
     out = []
-    for f in MLP_FAMILIES:
+    for f in mlp_families(fa):
         b = fb[f] if scr is None else scramble_residual(
             fb[f], torch.as_tensor(scr[0], device=p.device),
             torch.as_tensor(scr[1], dtype=fb[f].dtype, device=p.device))
@@ -253,28 +270,31 @@ def permutation_cosines(fa: Mapping[str, torch.Tensor], fb: Mapping[str, torch.T
 
 def permutation_alignment(mlp_a: Mapping[str, np.ndarray], mlp_b: Mapping[str, np.ndarray],
                           perms: np.ndarray, signs: np.ndarray, seed: int = 0, device="cpu"):
-    """Shared-permutation alignment of two MLPs (internal-major gate, up, downᵀ) and its null.
+    """Shared-permutation alignment of two MLPs (internal-major gate, up, downᵀ — or up and downᵀ
+    of an MLP without gate) and its null.
 
-    Null draw d scrambles the residual side of all three families of L' with the same signed
+    Null draw d scrambles the residual side of every MLP family of L' with the same signed
     permutation (perms[d], signs[d]). Returns (observed {family: cos}, null {family: [draws]},
     method of the assignment: "exact" or "approx:...").
     """
-    a = {f: _t(mlp_a[f], device) for f in MLP_FAMILIES}
-    b = {f: _t(mlp_b[f], device) for f in MLP_FAMILIES}
+    fams = mlp_families(mlp_a)
+    a = {f: _t(mlp_a[f], device) for f in fams}
+    b = {f: _t(mlp_b[f], device) for f in fams}
     mp = _MLPPair(a, b, seed=seed, sim_dtype=torch.float32)
     got = [mp.draw(None)] + [mp.draw((p, s)) for p, s in zip(perms, signs)]
     cos = np.stack([g[0] for g in got])
-    return ({f: float(cos[0, i]) for i, f in enumerate(MLP_FAMILIES)},
-            {f: cos[1:, i] for i, f in enumerate(MLP_FAMILIES)}, got[0][1])
+    return ({f: float(cos[0, i]) for i, f in enumerate(fams)},
+            {f: cos[1:, i] for i, f in enumerate(fams)}, got[0][1])
 
 
 class _MLPPair:
     """One adjacent pair's MLPs, unit-norm per family, ready for the observed and null matchings."""
 
     def __init__(self, a, b, seed: int, sim_dtype, layer: int = 0):
-        self.fa = {f: a[f] / float(torch.linalg.vector_norm(a[f], dtype=torch.float64)) for f in MLP_FAMILIES}
-        self.fb = {f: b[f] / float(torch.linalg.vector_norm(b[f], dtype=torch.float64)) for f in MLP_FAMILIES}
-        one = {f: 1.0 for f in MLP_FAMILIES}
+        fams = mlp_families(a)
+        self.fa = {f: a[f] / float(torch.linalg.vector_norm(a[f], dtype=torch.float64)) for f in fams}
+        self.fb = {f: b[f] / float(torch.linalg.vector_norm(b[f], dtype=torch.float64)) for f in fams}
+        one = {f: 1.0 for f in fams}
         self.xa = _neurons(self.fa, one, sim_dtype)
         self.xb = _neurons(self.fb, one, sim_dtype)
         self.n = self.xa.shape[0]
@@ -383,7 +403,7 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
     if threads is None:
         threads = 1 if dev.type == "cuda" else default_threads()
     threads = max(1, int(threads))
-    fams = [f for f in (families or PROJECTIONS) if f in INTERNAL_SIDE]
+    fams = [f for f in (families or GAUGE_FAMILIES) if f in INTERNAL_SIDE]
     rows: dict[str, dict[str, list]] = {}
     pairs: list[int] = []
     info = {"methods": set(), "gaps": [], "sim_dtype": None}
@@ -393,9 +413,9 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
         mapper = pool or _Serial()
         for layer, weights in enumerate(layers):
             present = {f: weights[f] for f in fams if weights.get(f) is not None}
-            if sim_dtype is None and info["sim_dtype"] is None and all(f in present for f in MLP_FAMILIES):
+            if sim_dtype is None and info["sim_dtype"] is None and mlp_families(present):
                 info["sim_dtype"] = assignment.similarity_dtype(
-                    [_t(present[f]) for f in MLP_FAMILIES], dev)
+                    [_t(present[f]) for f in mlp_families(present)], dev)
             cur = _prepare(present, dev, mapper)
             if prev is not None:
                 pairs.append(layer - 1)
@@ -438,20 +458,21 @@ def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool, min_draws, nu
         raise ValueError(f"families disagree on the residual width: {sorted(hidden)}")
     m = hidden.pop() if hidden else 0
     perms, signs = signed_permutations(m, draws, np.random.default_rng([seed, L]))
-    mlp = all(f in present for f in MLP_FAMILIES)
-    mlp_ok = mlp and _usable(*(prev[f] for f in MLP_FAMILIES), *(cur[f] for f in MLP_FAMILIES))
-    ff = prev["gate_proj"]["a"].shape[0] if mlp else 0
-    skip_orth = {f for f in MLP_FAMILIES if ff > assignment.EXACT_ASSIGNMENT_MAX}
+    mlp_fams = mlp_families(present)
+    mlp = bool(mlp_fams)
+    mlp_ok = mlp and _usable(*(prev[f] for f in mlp_fams), *(cur[f] for f in mlp_fams))
+    ff = prev["up_proj"]["a"].shape[0] if mlp else 0
+    skip_orth = {f for f in mlp_fams if ff > assignment.EXACT_ASSIGNMENT_MAX}
     orth_fams = [f for f in present if f not in skip_orth and _usable(prev[f], cur[f])]
     list(pool.map(_factor, [x[f] for x in (prev, cur) for f in orth_fams]))
 
     orth_obs = {f: np.nan for f in present}
     orth_null = {f: np.full(draws, np.nan) for f in present}
-    perm_obs = {f: np.nan for f in MLP_FAMILIES}
-    perm_null = np.full((perm_draws, 3), np.nan)
+    perm_obs = {f: np.nan for f in mlp_fams}
+    perm_null = np.full((perm_draws, len(mlp_fams)), np.nan)
     used = {f: 0 for f in orth_fams}
     pused = 0
-    mp = (_MLPPair({f: prev[f]["a"] for f in MLP_FAMILIES}, {f: cur[f]["a"] for f in MLP_FAMILIES},
+    mp = (_MLPPair({f: prev[f]["a"] for f in mlp_fams}, {f: cur[f]["a"] for f in mlp_fams},
                    seed, sim_dtype, L) if mlp_ok else None)
 
     def orth_job(f, d):
@@ -482,14 +503,14 @@ def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool, min_draws, nu
                 cos, method, gap = val
                 info["methods"].add(method)
                 if d < 0:
-                    perm_obs = dict(zip(MLP_FAMILIES, cos))
+                    perm_obs = dict(zip(mlp_fams, cos))
                     if method != "exact":
                         info["gaps"].append(gap)
                 else:
                     perm_null[d] = cos
         jobs = []
         if mp is not None and any(_needs_more(perm_null[:, i], pused, perm_draws, null_se)
-                                  for i in range(3)):
+                                  for i in range(len(mlp_fams))):
             jobs.append(functools.partial(perm_job, pused))
             pused += 1
         for f in orth_fams:
@@ -507,7 +528,7 @@ def _pair(prev, cur, L, fams, rows, draws, perm_draws, seed, pool, min_draws, nu
         r["orth_aligned"].append(orth_obs[f])
         r["orth_null"].append(orth_null[f])
     if mlp:
-        for i, f in enumerate(MLP_FAMILIES):
+        for i, f in enumerate(mlp_fams):
             r = rows[f]
             r.setdefault("perm_aligned", []).append(perm_obs[f] if mlp_ok else np.nan)
             r.setdefault("perm_null", []).append(perm_null[:, i])
@@ -524,10 +545,12 @@ def compute(model, draws: int = NULL_DRAWS, seed: int = 0, perm_draws: int = PER
     Streams the projection families layer by layer (``model.iter_layers``): at most layers
     L and L+1 are held. See the module docstring for the maths, invariances and null.
     """
-    fams = [f for f in PROJECTIONS if f in model.families]
-    return compute_from_layers((w for _, w in model.iter_layers(fams)), draws=draws, seed=seed,
-                               families=fams, perm_draws=perm_draws, threads=threads,
-                               device=device, on_pair=on_pair, **kw)
+    fams = [f for f in GAUGE_FAMILIES if f in model.families]
+    out = compute_from_layers((w for _, w in model.iter_layers(fams)), draws=draws, seed=seed,
+                              families=fams, perm_draws=perm_draws, threads=threads,
+                              device=device, on_pair=on_pair, **kw)
+    out["absent"] = {f: r for f, r in getattr(model, "absent", {}).items()}
+    return out
 
 
 # -- reading a result ------------------------------------------------------------------------
@@ -551,8 +574,11 @@ def has_family(result: Mapping, family: str) -> bool:
 def family_fields(result: Mapping, family: str) -> dict[str, np.ndarray]:
     """Per-pair arrays for one family: raw_cos, aligned_cos, null_aligned_mean/sd, excess, delta
     (primary alignment: permutation for MLP families, else orthogonal), plus orth_* versions."""
+    if family in UNORDERED_FAMILIES:
+        raise NotApplicable(UNORDERED_FAMILIES[family])
     if not has_family(result, family):
-        raise NotApplicable(f"model has no {family}")
+        raise NotApplicable((result.get("absent") or {}).get(family)
+                            or f"model has no {family}")
     kind = gauge_of(family)
     key = "perm" if kind == "permutation" and f"{family}.perm_aligned" in result else "orth"
     raw = np.asarray(result[f"{family}.raw_cos"], float)

@@ -3,10 +3,10 @@
 What is counted (``probes.gauge`` streams the layers; the figures follow its work). Per layer: a
 Gram + Cholesky per family with n > hidden (the compact factor). Per pair and family:
 (1 + draws) × (one product, one Gram, one eigensolve of size min(n, hidden)); for the MLP
-(1 + perm draws) × (similarity GEMM 2·ff²·3·hidden, top-k, sparse matching or exact assignment:
-``probes.assignment``), plus one exact sub-problem of ``GAP_CHECK`` neurons per pair above the
-exact size. Above ``EXACT_ASSIGNMENT_MAX`` neurons the MLP families' orthogonal alignment is not
-computed, so it costs nothing.
+(1 + perm draws) × (similarity GEMM 2·ff²·k·hidden — k = 3 MLP families, 2 without a gate —,
+top-k, sparse matching or exact assignment: ``probes.assignment``), plus one exact sub-problem
+of ``GAP_CHECK`` neurons per pair above the exact size. Above ``EXACT_ASSIGNMENT_MAX`` neurons
+the MLP families' orthogonal alignment is not computed, so it costs nothing.
 
 How. FLOP counts over this machine's unit rates (:func:`machine_rates`, measured once per
 device, ≈ 0.3 s on an idle machine): GEMM GFLOP/s (float32 and bf16), an eigensolve scaled as
@@ -28,8 +28,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from . import assignment
-from .gauge import MIN_NULL_DRAWS, MLP_FAMILIES
-from .models.base import INTERNAL_SIDE, PROJECTIONS
+from .gauge import MIN_NULL_DRAWS, MLP_FAMILIES, mlp_families
+from .models.base import GAUGE_FAMILIES, INTERNAL_SIDE
 
 
 @functools.lru_cache(maxsize=4)
@@ -73,7 +73,7 @@ def estimate(shapes: Mapping[str, tuple[int, int]], num_layers: int, device: str
     ``factor`` (one layer's Gram + Cholesky, counted once per layer), ``observed`` and ``null``
     nuclear norms (one product, Gram and eigensolve each; ``draws`` null draws) and, for the MLP,
     ``assignment`` (similarity GEMM, top-k and sparse matching, or the exact solver; shared by
-    gate/up/down, booked on gate_proj; ``perm_draws`` null draws). ``shapes`` are HF ``[out, in]``
+    gate/up/down — up/down without a gate —, booked on the first; ``perm_draws`` null draws). ``shapes`` are HF ``[out, in]``
     per family. Figures are FLOP counts over this machine's measured rates (:func:`machine_rates`),
     so they are estimates: the printed total assumes the fewest draws the null allows."""
     r = dict(rates or machine_rates(device))
@@ -90,10 +90,11 @@ def estimate(shapes: Mapping[str, tuple[int, int]], num_layers: int, device: str
         factor = (2 * n * m * m / f32 + eig(m) / 3) if (orth and n > m) else 0.0
         one = (2 * k * k * m + 2 * k ** 3) / f32 + eig(k) if orth else 0.0
         rows[fam] = {"factor": factor, "observed": one, "null": one * draws, "assignment": 0.0}
-    if ff is not None and all(f in shapes for f in MLP_FAMILIES):
-        h = min(shapes["gate_proj"])
+    mlp = mlp_families(shapes)
+    if ff is not None and mlp:
+        h = min(shapes["up_proj"])
         rate = (r["gemm_bf16_gflops"] if bf16 else r["gemm_f32_gflops"]) * 1e9
-        gemm = 2 * ff * ff * 3 * h / rate
+        gemm = 2 * ff * ff * len(mlp) * h / rate
         if ff <= assignment.EXACT_ASSIGNMENT_MAX:
             match = r["lsa512_s"] * (ff / 512) ** 2.5
         else:  # row and column top-k over the ff² similarity, LAPJVsp on ≈ 2·k·ff edges
@@ -101,7 +102,7 @@ def estimate(shapes: Mapping[str, tuple[int, int]], num_layers: int, device: str
             match = (r.get("topk_s_per_entry", 1.5e-8) * ff * ff * 1.2
                      + 6e-7 * 2 * assignment.CANDIDATES * ff)
             match += r["lsa512_s"] * (assignment.GAP_CHECK / 512) ** 2.5 / (1 + perm_draws)
-        rows["gate_proj"]["assignment"] = (gemm + match) * (1 + perm_draws)
+        rows[mlp[0]]["assignment"] = (gemm + match) * (1 + perm_draws)
     df = pd.DataFrame(rows).T
     df["per_pair"] = df[["observed", "null", "assignment"]].sum(axis=1) + df["factor"]
     df.attrs["pairs"] = max(num_layers - 1, 0)
@@ -119,9 +120,9 @@ def describe_estimate(df: pd.DataFrame, label: str = "gauge") -> str:
 
 
 def model_shapes(model) -> dict[str, tuple[int, int]]:
-    """HF ``[out, in]`` shape of each projection family of layer 0 (read from headers)."""
+    """HF ``[out, in]`` shape of each gauge family of layer 0 (read from headers)."""
     out = {}
-    for f in PROJECTIONS:
+    for f in GAUGE_FAMILIES:
         if f in model.families:
             s = model.shape(0, f)
             if s is not None:

@@ -52,11 +52,16 @@ Statistics derived here (the claims in ``hypotheses/``):
   distribution and ``E[s] = 1/2`` exactly. Scaling either factor by ``c > 0`` leaves ``s``
   unchanged.
 
-Optional norm folding (``fold_norms``): qwen3 and gemma3 apply an RMSNorm over ``head_dim`` to
-each head's query and key after the projection. Its gain is linear, so it folds into the metric
-as ``W_Q,h ← diag(γ_q) W_Q,h`` and ``W_K,h ← diag(γ_k) W_K,h`` (the same gains for every head);
-the RMS division is a positive per-token scalar, which changes no cosine, sign or share. Folding
-is on by default where the architecture has q_norm/k_norm and is recorded in the result.
+Optional norm folding (``fold_norms``): qwen3, qwen3_moe and gemma3 apply an RMSNorm over
+``head_dim`` to each head's query and key after the projection. Its gain is linear, so it folds
+into the metric as ``W_Q,h ← diag(γ_q) W_Q,h`` and ``W_K,h ← diag(γ_k) W_K,h`` (the same gains for
+every head); the RMS division is a positive per-token, per-head scalar, which changes no cosine,
+sign or share. OLMo 2 and OLMoE normalise the whole q (and k) projection instead: one RMS over
+all heads' rows and a gain per row, so head h folds its own slice ``γ_q[h·hd:(h+1)·hd]``; the
+RMS is then a positive per-token scalar shared by the heads, and the same holds. Folding is on
+by default where the architecture has q_norm/k_norm and is recorded in the result. (GPT-NeoX,
+Phi-2 and GPT-2 have no q/k norm; Phi's optional q/k LayerNorms — centring and a bias, not a
+gain — are not folded: the table does not map them.)
 
 Memory and time (the streaming plan): weights are read layer by layer with ``Model.weight``.
 The L ≤ L' Gram is computed in blocks: a block of ``b`` layers' q/k (float32, head-major) stays
@@ -122,10 +127,16 @@ def kv_index(num_heads: int, num_kv_heads: int) -> torch.Tensor:
 
 
 def fold_gain(heads: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
-    """``diag(gain) W_h`` for every head: a per-``head_dim`` RMSNorm gain folded into the rows."""
+    """``diag(gain) W_h`` for every head: an RMSNorm gain folded into the rows — one per
+    ``head_dim`` entry shared by every head (qwen3, gemma3: the norm is over each head), or one
+    per row of the whole projection (OLMo 2, OLMoE: ``num_heads·head_dim`` entries)."""
     if gain is None:
         return heads
-    return heads * gain.to(heads.dtype).reshape(1, -1, 1)
+    h, hd, _ = heads.shape
+    if gain.numel() not in (hd, h * hd):
+        raise ValueError(f"a q/k norm gain of {gain.numel()} entries fits neither head_dim {hd} "
+                         f"nor the projection's {h}×{hd} rows")
+    return heads * gain.to(heads.dtype).reshape(-1 if gain.numel() == h * hd else 1, hd, 1)
 
 
 def _group(q: torch.Tensor, k: torch.Tensor) -> int:

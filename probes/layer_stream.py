@@ -2,16 +2,20 @@
 
 What is built
 -------------
-``transformers`` builds the architecture's base model (``LlamaModel``, ``Qwen3Model``,
-``Gemma3TextModel``, …) from the model's (text) config on the ``meta`` device: no memory. From it:
+``transformers`` builds the architecture's base model (``LlamaModel``, ``GPT2Model``,
+``Qwen3MoeModel``, …) from the model's (text) config on the ``meta`` device: no memory. From it:
 
 * the **embedding** module (the architecture's own, e.g. gemma's scaled embedding) gets only the
   rows of the token ids in use (``Model.embedding_rows``); ids are renumbered into that table;
 * the **per-layer call arguments** (attention mask per layer type, rotary ``(cos, sin)``,
-  position ids) come from the base model's own ``forward``: its decoder layers are swapped for
-  stand-ins that record the keyword arguments they are called with and pass the hidden states
-  through, so masks, sliding windows and rotary embeddings are exactly what transformers
-  computes (nothing is re-implemented here);
+  position ids) and **layer 0's input** come from the base model's own ``forward``: its decoder
+  layers (the architecture table's ``layers``: ``layers``, GPT-2's ``h``) are swapped for
+  stand-ins that record the arguments they are called with and pass the hidden states through,
+  so masks, sliding windows, rotary embeddings and the embedding stage between the embedding
+  module and layer 0 (GPT-2's learned positions, Granite's embedding multiplier) are exactly what
+  transformers computes (nothing is re-implemented here). The last stand-in ends the pass, so
+  the final norm never runs; the base model's few tensors outside its layers other than the
+  token embedding (GPT-2's position table, the final norm) are loaded (``Model.base_tensor``);
 * **decoder layer L** is the meta module ``layers[L]`` loaded with that layer's stored tensors
   (``Model.layer_state``, converted to float32, ``load_state_dict(assign=True)``), moved to the
   device, run over every sequence, then dropped before layer L+1 is loaded.
@@ -28,6 +32,7 @@ there (untested here: no GPU was available when this was written).
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import torch
@@ -35,36 +40,52 @@ import torch
 from .errors import StrataError
 
 
-class _Recorder(torch.nn.Module):
-    """Stands in for decoder layer ``index``: records its keyword arguments, passes through."""
+# buffers older transformers versions saved in decoder layers, which today's modules rebuild or
+# no longer have: rotary frequencies (GPT-NeoX/Pythia, early llama) and GPT-2/GPT-NeoX's
+# ``masked_bias`` constant; dropped from a layer's stored tensors like the class's own
+# ``_keys_to_ignore_on_load_unexpected`` (transformers warns and ignores them too)
+_LEGACY_BUFFERS = (r"rotary_emb\.inv_freq$", r"(^|\.)masked_bias$")
 
-    def __init__(self, index: int, calls: dict):
+
+class _LastLayerDone(Exception):
+    """Raised by the last stand-in: the rest of the base model's forward is not needed."""
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for decoder layer ``index``: records its arguments (and, for layer 0, its input
+    hidden states), passes the hidden states through; the last one ends the pass."""
+
+    def __init__(self, index: int, calls: dict, last: bool):
         super().__init__()
-        self.index, self.calls = index, calls
+        self.index, self.calls, self.last = index, calls, last
 
     def forward(self, hidden_states, *args, **kwargs):
-        if args:
-            raise StrataError("decoder layers called with positional arguments beyond the "
-                              "hidden states; this transformers version is not supported")
-        self.calls[self.index] = kwargs
+        self.calls[self.index] = (args, kwargs)
+        if self.index == 0:
+            self.calls["input"] = hidden_states
+        if self.last:
+            raise _LastLayerDone
         return hidden_states
 
 
 def _base_model(config: dict):
-    """The architecture's base model (no LM head) on the meta device."""
+    """The architecture's base model (no LM head) on the meta device, and its decoder-layer
+    list's attribute name (from the architecture table)."""
     from transformers import AutoModel
 
-    from .models.adapters import text_config
+    from .models.adapters import SUPPORTED_ARCHITECTURES, architecture, text_config
     from .models.random_init import hf_config
-    cfg = hf_config(text_config(config))
+    text = text_config(config)
+    cfg = hf_config(text)
+    attr = architecture(text["model_type"]).layers
     with torch.device("meta"):
         body = AutoModel.from_config(cfg)
-    layers = getattr(body, "layers", None)
+    layers = getattr(body, attr, None)
     n = cfg.num_hidden_layers
     if not isinstance(layers, torch.nn.ModuleList) or len(layers) != n:
         raise StrataError(f"{type(body).__name__} has no list of {n} decoder layers; supported: "
-                          f"llama, mistral, qwen2, qwen3, gemma3")
-    return body.eval()
+                          f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+    return body.eval(), attr
 
 
 def _fill_buffers(body, module: torch.nn.Module, device) -> None:
@@ -100,9 +121,9 @@ class LayerStream:
     def __init__(self, model, device: str = "cpu"):
         self.model = model
         self.device = torch.device(device)
-        self.body = _base_model(model.config)
+        self.body, self.layers_attr = _base_model(model.config)
         self.num_layers = model.layout.num_layers
-        self.meta_layers = list(self.body.layers)
+        self.meta_layers = list(getattr(self.body, self.layers_attr))
         self.layer_bytes = 0
         self.embedded_rows = 0
 
@@ -137,26 +158,48 @@ class LayerStream:
         self.body.set_input_embeddings(torch.nn.Identity())  # rows no longer needed
         return out
 
-    def layer_kwargs(self, hidden: list[torch.Tensor]) -> list[dict[int, dict]]:
-        """For each sequence, the keyword arguments the base model passes to each decoder layer
-        (masks, rotary embeddings, position ids), recorded from its own forward."""
+    def _load_base_tensors(self) -> None:
+        """Give the base model's parameters outside its decoder layers (all but the token
+        embedding, already replaced) their stored values: GPT-2's position table, final norms."""
+        layers = getattr(self.body, self.layers_attr)
+        for mod_name, module in self.body.named_modules():
+            if module is layers or any(module is m for m in layers.modules()):
+                continue
+            for pname, param in list(module.named_parameters(recurse=False)):
+                if param.is_meta:
+                    full = f"{mod_name}.{pname}" if mod_name else pname
+                    value = self.model.base_tensor(full).to(torch.float32)
+                    setattr(module, pname, torch.nn.Parameter(value.to(self.device),
+                                                              requires_grad=False))
+
+    def layer_kwargs(self, hidden: list[torch.Tensor]) -> tuple[list[dict[int, tuple]],
+                                                                 list[torch.Tensor]]:
+        """For each sequence, the arguments the base model passes to each decoder layer (masks,
+        rotary embeddings, position ids), recorded from its own forward, and the hidden states
+        it hands to layer 0 (after its embedding stage)."""
         body = self.body
-        calls: dict[int, dict] = {}
-        body.layers = torch.nn.ModuleList(_Recorder(i, calls) for i in range(self.num_layers))
-        body.norm = torch.nn.Identity()
-        rotary = getattr(body, "rotary_emb", None)
-        if rotary is not None:
-            _fill_buffers(body, rotary, self.device)
-        out = []
+        calls: dict = {}
+        setattr(body, self.layers_attr, torch.nn.ModuleList(
+            _Recorder(i, calls, i == self.num_layers - 1) for i in range(self.num_layers)))
+        self._load_base_tensors()
+        for module in body.modules():   # rotary frequencies and other non-persistent buffers
+            if any(b is not None and b.is_meta for b in module._buffers.values()):
+                _fill_buffers(body, module, self.device)
+        out, inputs = [], []
         with torch.no_grad():
             for h in hidden:
                 calls.clear()
-                body(inputs_embeds=h, use_cache=False)
-                if len(calls) != self.num_layers:
-                    raise StrataError(f"{type(body).__name__}.forward called {len(calls)} of "
+                try:
+                    body(inputs_embeds=h, use_cache=False)
+                except _LastLayerDone:
+                    pass
+                if len(calls) != self.num_layers + 1:
+                    raise StrataError(f"{type(body).__name__}.forward called "
+                                      f"{len(calls) - ('input' in calls)} of "
                                       f"{self.num_layers} decoder layers")
+                inputs.append(calls.pop("input"))
                 out.append(dict(calls))
-        return out
+        return out, inputs
 
     # -- layers ----------------------------------------------------------------------------
     def load_layer(self, layer: int) -> torch.nn.Module:
@@ -164,8 +207,14 @@ class LayerStream:
         module = self.meta_layers[layer]
         if module is None:
             raise StrataError(f"decoder layer {layer} was already run and released")
-        state = {k: v.to(torch.float32) for k, v in self.model.layer_state(layer).items()}
         expected = set(module.state_dict())
+        ignore = [re.compile(p) for p in
+                  (*(getattr(self.body, "_keys_to_ignore_on_load_unexpected", None) or ()),
+                   *_LEGACY_BUFFERS)]
+        # stored tensors the module does not hold and transformers does not load: old GPT-2 and
+        # GPT-NeoX checkpoints' causal-mask buffers (the class's own ignore list) and constants
+        state = {k: v.to(torch.float32) for k, v in self.model.layer_state(layer).items()
+                 if k in expected or not any(p.search(k) for p in ignore)}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise StrataError(f"{self.model.spec}: layer {layer} tensors do not match the "
@@ -183,14 +232,14 @@ class LayerStream:
         """Yield ``(L, inputs, outputs)`` for L = 0 … n−1: every sequence's hidden states
         (1, T, d) entering and leaving decoder layer L. Layer L is released after its outputs
         are computed; the outputs become layer L+1's inputs."""
-        hidden = self.embed(seqs)
-        kwargs = self.layer_kwargs(hidden)
+        kwargs, hidden = self.layer_kwargs(self.embed(seqs))
         for layer in range(self.num_layers):
             module = self.load_layer(layer)
             outputs = []
             with torch.no_grad():
                 for h, kw in zip(hidden, kwargs):
-                    out = module(h, **kw[layer])
+                    args, kws = kw[layer]
+                    out = module(h, *args, **kws)
                     outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
             self.meta_layers[layer] = None
             del module

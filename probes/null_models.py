@@ -99,7 +99,7 @@ def shuffled(base: LoadedModel, index: int) -> LoadedModel:
     fp = _sha(SHUFFLE_FORMAT, base.fingerprint.encode(), str(index).encode())
     return LoadedModel(spec=f"null-shuffled:{index}:{base.spec}", fingerprint=fp,
                        layout=adapter.layout, config=base.config, families=adapter.families,
-                       is_twin=False, meta={"source": "shuffled", "base": base.spec,
+                       is_twin=False, absent=adapter.absent, meta={"source": "shuffled", "base": base.spec,
                                             "index": index, "fingerprint_method": {
                                                 "kind": "derived", "algorithm":
                                                 "sha256 of the base's fingerprint and the "

@@ -384,12 +384,12 @@ def test_missing_shard(cache, tmp_path):
 
 def test_unsupported_architecture_names_the_supported(cache, ckpt):
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["model_type"] = "gpt2"
+    cfg["model_type"] = "bert"
     (ckpt / "config.json").write_text(json.dumps(cfg))
     for spec in (str(ckpt), f"random:{ckpt}"):
         with pytest.raises(StrataError) as e:
             open_model(spec, cache)
-        assert_clean_error(e, cache, "gpt2", "llama", "qwen3", "gemma3_text")
+        assert_clean_error(e, cache, "bert", "llama", "qwen3", "gemma3_text")
 
 
 def test_pickled_checkpoints_are_refused(cache, tmp_path, ckpt):

@@ -80,7 +80,7 @@ def test_report_contract_and_planted_verdicts(tmp_path):
     (lambda tmp: "nonexistent-org/no-such-model", "not in the local Hugging Face cache"),
     (lambda tmp: str(tmp / "missing-dir"), "does not exist"),
     ("truncated", "truncated"),
-    ("gpt2", "unsupported architecture"),
+    ("bert", "unsupported architecture"),
     ("bin-only", "never unpickle"),
 ])
 def test_bad_model_input_is_one_line_and_leaves_no_cache(tmp_path, make_input, expected):
@@ -92,9 +92,9 @@ def test_bad_model_input_is_one_line_and_leaves_no_cache(tmp_path, make_input, e
         if make_input == "truncated":
             f = next(d.glob("*.safetensors"))
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
-        elif make_input == "gpt2":
+        elif make_input == "bert":
             cfg = json.loads((d / "config.json").read_text())
-            cfg["model_type"] = "gpt2"
+            cfg["model_type"] = "bert"
             (d / "config.json").write_text(json.dumps(cfg))
         else:
             for f in d.glob("*.safetensors"):

@@ -14,28 +14,55 @@ from typing import Iterator, Mapping
 import torch
 
 # Canonical parameter families, in report order. An architecture may add its own
-# (gemma3: pre_ff_ln, post_ff_ln). A family a model lacks is N/A, never an error.
+# (gemma2/3, olmo2: pre_ff_ln, post_ff_ln; mixtures of experts: MOE_FAMILIES). A family a model
+# lacks is N/A, never an error.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NORMS = ("input_ln", "post_attn_ln", "q_norm", "k_norm", "pre_ff_ln", "post_ff_ln")
 CANONICAL_FAMILIES = PROJECTIONS + NORMS
 
+# Mixture-of-experts families. ``router`` is ``[experts, hidden]`` (row e scores expert e);
+# ``expert_*`` are ``[experts, out, in]``: expert e's Linear weight in HF layout.
+ROUTER = "router"
+EXPERT_FAMILIES = ("expert_gate_proj", "expert_up_proj", "expert_down_proj")
+MOE_FAMILIES = (ROUTER,) + EXPERT_FAMILIES
+# Experts carry no order across layers: expert e of layer L is not expert e of layer L+1 (a
+# relabelling of one layer's experts, with its router rows, computes the same function). A
+# statistic that pairs layer L's tensor with layer L+1's entry by entry is therefore N/A on these
+# families; order-free ones (a layer's norm: the scale schedule) apply.
+UNORDERED_FAMILIES = {f: "experts are unordered across layers (expert e of layer L is not "
+                         "expert e of layer L+1), so comparing them by index means nothing; "
+                         "no expert matching is implemented" for f in EXPERT_FAMILIES}
+
 # Which side of each projection is the layer-internal (gauge) side, in HF Linear layout
-# [out_features, in_features]: rows for q/k/v/gate/up, columns for o/down.
+# [out_features, in_features]: rows for q/k/v/gate/up, columns for o/down; the router's rows
+# (one per expert: a relabelling of experts permutes them).
 INTERNAL_SIDE = {"q_proj": "rows", "k_proj": "rows", "v_proj": "rows", "gate_proj": "rows",
-                 "up_proj": "rows", "o_proj": "cols", "down_proj": "cols"}
+                 "up_proj": "rows", "o_proj": "cols", "down_proj": "cols", ROUTER: "rows"}
+# The families the gauge probe aligns: the projections, and the router where there is one.
+GAUGE_FAMILIES = PROJECTIONS + (ROUTER,)
+
+
+def claim_families(listed, model_families) -> list[str]:
+    """The families a claim marked ``@pytest.mark.families(*listed)`` runs over on a model: the
+    listed canonical families (one the model lacks gives an N/A record saying so) and the listed
+    architecture-specific ones the model has (a dense model gets no ``router`` records)."""
+    have = set(model_families)
+    return [f for f in listed if f in CANONICAL_FAMILIES or f in have]
 
 
 @dataclass(frozen=True)
 class Layout:
     """Shapes that probes need; read from the model's config."""
 
-    architecture: str  # HF model_type: llama | mistral | qwen2 | qwen3 | gemma3_text
+    architecture: str  # HF model_type (probes.models.adapters.SUPPORTED_ARCHITECTURES)
     num_layers: int
     hidden: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     intermediate: int
+    num_experts: int = 0            # mixture of experts: experts per layer (0: dense)
+    expert_intermediate: int = 0    # and each expert's MLP width
 
     @property
     def group_size(self) -> int:
@@ -60,6 +87,8 @@ class Model:
     config:      the HF ``config.json`` as a dict.
     families:    canonical families present in every layer, in CANONICAL_FAMILIES order.
     is_twin:     True for ``random:`` models.
+    absent:      why a family one would look for is missing (``{"gate_proj": "the MLP is not
+                 gated ..."}``): the N/A reason records of that family give.
     """
 
     spec: str
@@ -69,13 +98,16 @@ class Model:
     families: tuple[str, ...]
     is_twin: bool = False
     meta: dict = field(default_factory=dict)
+    absent: dict = field(default_factory=dict)
 
     def weight(self, layer: int, family: str) -> torch.Tensor | None:
         """One tensor as float32 on CPU, freshly read; ``None`` if the model lacks the family.
 
         Projections in HF Linear layout ``[out, in]`` (q_proj: ``[num_heads*head_dim, hidden]``,
-        head h = rows ``h*head_dim:(h+1)*head_dim``); norms 1-D, as the effective gain the
-        layer multiplies by (gemma's ``1 + w`` already applied).
+        head h = rows ``h*head_dim:(h+1)*head_dim``), whatever the storage (fused, per-head
+        interleaved, GPT-2's transposed Conv1D); norms 1-D, as the effective gain the layer
+        multiplies by (gemma's ``1 + w`` already applied); expert families ``[experts, out,
+        in]``. Biases are not families.
         """
         raise NotImplementedError
 
@@ -116,7 +148,13 @@ class Model:
     def layer_state(self, layer: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
         """Every stored tensor of decoder layer ``layer``, named as in the architecture's
         decoder-layer module (``self_attn.q_proj.weight``, …), each read alone and converted to
-        ``dtype`` (default: as stored): what the layer-streamed forward pass loads."""
+        ``dtype`` (default: as stored): what the layer-streamed forward pass loads. Experts
+        stored one tensor per expert are stacked as the module holds them."""
+        raise NotImplementedError
+
+    def base_tensor(self, name: str) -> torch.Tensor:
+        """A tensor of the base model outside its decoder layers, by its name under the base
+        model (``wpe.weight``: GPT-2's learned positions; ``norm.weight``), as stored."""
         raise NotImplementedError
 
     def embedding_rows(self, ids) -> torch.Tensor:

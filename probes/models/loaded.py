@@ -56,25 +56,20 @@ class LoadedModel(Model):
         ref = self.adapter.ref(layer, family)
         return None if ref is None else ref.family_shape(self.source.shape(ref.name))
 
-    def _stored_span(self, ref, layer: int, family: str, start: int, stop: int):
-        """The stored rows holding rows ``start:stop`` (clipped) of the family's tensor."""
-        rows = self.shape(layer, family)[0]
-        return ref.stored_rows(max(0, start), min(stop, rows))
-
     def weight_rows(self, layer: int, family: str, start: int, stop: int) -> torch.Tensor | None:
         ref = self.adapter.ref(layer, family)
         if ref is None:
             return None
-        a, b = self._stored_span(ref, layer, family, start, stop)
-        return ref.finish(self.source.get_rows(ref.name, a, b))
+        return ref.finish(ref.read_rows(self.source, start, stop))
 
     def read_rows_into(self, layer: int, family: str, start: int, stop: int,
                        out: torch.Tensor) -> torch.Tensor:
         ref = self.adapter.ref(layer, family)
         copy_rows = getattr(self.source, "copy_rows", None)
-        if ref is None or copy_rows is None:
+        if ref is None or copy_rows is None or not ref.simple_rows:
             return super().read_rows_into(layer, family, start, stop, out)
-        a, b = self._stored_span(ref, layer, family, start, stop)
+        rows = self.shape(layer, family)[0]
+        a, b = ref.stored_rows(max(0, start), min(stop, rows))
         copy_rows(ref.name, a, b, out)      # converted to float32 on the way in
         if ref.plus_one:                    # what TensorRef.finish does after its copy
             out += 1.0
@@ -98,12 +93,18 @@ class LoadedModel(Model):
         for name in names:
             t = self.source.get(name)
             out[name[len(prefix):]] = t.to(dtype, copy=True) if dtype is not None else t.clone()
-        return out
+        return self.adapter.module_state(out)
+
+    def base_tensor(self, name: str) -> torch.Tensor:
+        full = self.adapter.prefix + name
+        if full not in self.source.names():
+            raise StrataError(f"{self.spec}: no tensor {full!r} in the checkpoint")
+        return self.source.get(full).clone()
 
     def embedding_rows(self, ids) -> torch.Tensor:
         """Read in row chunks of at most EMBED_CHUNK_ROWS that hold a used id (at most the
         whole matrix once, never more than one chunk beyond the result)."""
-        name = f"{self.adapter.prefix}embed_tokens.weight"
+        name = self.adapter.embed_name
         if name not in self.source.names():
             raise StrataError(f"{self.spec}: no input embedding {name!r} in the checkpoint")
         ids = [int(i) for i in ids]
@@ -239,7 +240,7 @@ def from_dir(directory: Path, spec: str, meta: dict | None = None,
     adapter = Adapter(config, source.names())
     fp, method = fingerprint or content_fingerprint(raw, source, cache)
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
-                       families=adapter.families, is_twin=False,
+                       families=adapter.families, is_twin=False, absent=adapter.absent,
                        meta={"source": "dir", "path": str(d), **(meta or {}),
                              "fingerprint_method": method},
                        source=source, adapter=adapter, hf_dir=d,
@@ -254,7 +255,7 @@ def from_synthetic(name: str, spec: str) -> LoadedModel:
     adapter = Adapter(sspec.config, source.names())
     fp = _sha(b"synthetic/1", name.encode(), source.content_hash().encode())
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=sspec.config,
-                       families=adapter.families, is_twin=False,
+                       families=adapter.families, is_twin=False, absent=adapter.absent,
                        meta={"source": "synthetic", "name": name,
                              "description": sspec.description, **sspec.meta,
                              "fingerprint_method": {"kind": "content", "algorithm":
@@ -276,7 +277,7 @@ def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     fp = _sha(b"random/1", blob, salt.encode())
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
-                       families=adapter.families, is_twin=True,
+                       families=adapter.families, is_twin=True, absent=adapter.absent,
                        meta={**(meta or {}), "source": "random", "salt": salt,
                              "fingerprint_method": {"kind": "generator", "algorithm":
                                                     "sha256 of the config and the draw salt "

@@ -1,11 +1,13 @@
 """The architecture's own initialisation, one tensor at a time (``random:`` twins, synthetic models).
 
-transformers initialises a causal LM as ``PreTrainedModel._init_weights`` does: every
-``nn.Linear`` and ``nn.Embedding`` weight ~ N(0, initializer_range²) i.i.d., biases 0, RMSNorm
-gains 1 — except gemma, whose norms compute ``x·(1 + w)`` and so store ``w = 0``. We reproduce
-that distribution tensor by tensor, without building the model: the tensor names and shapes come
-from instantiating the HF class on the ``meta`` device (no memory), and each tensor is drawn from
-its own generator seeded by a stable hash of ``(salt, name)``. So a tensor can be generated
+transformers initialises a causal LM with its ``initialize_weights``: for most architectures
+every ``nn.Linear`` and ``nn.Embedding`` weight ~ N(0, initializer_range²) i.i.d., biases 0,
+norm gains 1 — gemma's norms compute ``x·(1 + w)`` and so store ``w = 0``, GPT-2 draws its
+residual projections with std / √(2·layers), mixtures of experts draw their fused expert tensors
+and router like Linear weights. We read that plan from the architecture's own code — the model
+built on the ``meta`` device (no memory) runs its ``initialize_weights`` with transformers' torch
+init primitives replaced by recorders — and reproduce it tensor by tensor: each tensor is drawn
+from its own generator seeded by a stable hash of ``(salt, name)``. So a tensor can be generated
 alone, in any order, in any process, and comes out bit-identical.
 """
 
@@ -51,25 +53,57 @@ def _plan_cached(config_json: str) -> tuple[tuple[str, TensorInit], ...]:
     cfg = hf_config(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg)
-    std = float(_initializer_range(config))
-    gemma = str(config.get("model_type", "")).startswith("gemma")
-    owner = dict(model.named_modules())
+    calls = _recorded_init(model)
     plan = []
     # remove_duplicate=True drops tied parameters (lm_head when tie_word_embeddings)
     for name, param in model.named_parameters():
-        module_name, _, pname = name.rpartition(".")
-        module = owner[module_name]
-        if pname == "bias":
-            init = TensorInit(tuple(param.shape), ZEROS)
-        elif isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            init = TensorInit(tuple(param.shape), NORMAL, std)
-        elif "norm" in type(module).__name__.lower():
-            init = TensorInit(tuple(param.shape), ZEROS if gemma else ONES)
-        else:
-            raise StrataError(f"no known initialisation for parameter {name} "
-                              f"({type(module).__name__})")
-        plan.append((name, init))
+        call = calls.get(id(param))
+        plan.append((name, _as_init(name, tuple(param.shape), call)))
     return tuple(plan)
+
+
+def _recorded_init(model) -> dict[int, tuple[str, dict]]:
+    """What the model's own ``initialize_weights`` does to each tensor: transformers' init
+    wrappers (``transformers.initialization``) call the torch primitives through its
+    ``TORCH_INIT_FUNCTIONS`` table, which is swapped for recorders while the model (on the meta
+    device: nothing is drawn) initialises itself. The last call per tensor wins, as it would
+    (GPT-2 re-draws its residual projections with std / √(2·layers) after the Conv1D default)."""
+    from transformers import initialization
+    table = initialization.TORCH_INIT_FUNCTIONS
+    calls: dict[int, tuple[str, dict]] = {}
+
+    def recorder(kind):
+        def record(tensor, *args, **kwargs):
+            calls[id(tensor)] = (kind, {**dict(zip(_INIT_ARGS.get(kind, ()), args)), **kwargs})
+            return tensor
+        return record
+
+    saved = dict(table)
+    for thing in (*model.modules(), *model.parameters()):
+        if getattr(thing, "_is_hf_initialized", False):
+            thing._is_hf_initialized = False
+    try:
+        table.update({kind: recorder(kind) for kind in saved})
+        model.initialize_weights()
+    finally:
+        table.update(saved)
+    return calls
+
+
+_INIT_ARGS = {"normal_": ("mean", "std"), "constant_": ("val",)}
+
+
+def _as_init(name: str, shape: tuple[int, ...], call) -> TensorInit:
+    """The :class:`TensorInit` of one recorded init call (normal with mean 0, ones, zeros)."""
+    kind, args = call if call is not None else (None, {})
+    if kind == "normal_" and float(args.get("mean", 0.0)) == 0.0:
+        return TensorInit(shape, NORMAL, float(args.get("std", 1.0)))
+    if kind == "ones_" or (kind == "constant_" and float(args["val"]) == 1.0):
+        return TensorInit(shape, ONES)
+    if kind == "zeros_" or (kind == "constant_" and float(args["val"]) == 0.0):
+        return TensorInit(shape, ZEROS)
+    raise StrataError(f"no known initialisation for parameter {name} (the model's own init "
+                      f"{'does not set it' if kind is None else f'calls {kind} {args}'})")
 
 
 def _initializer_range(config: dict) -> float:
@@ -79,7 +113,7 @@ def _initializer_range(config: dict) -> float:
     return text.get("initializer_range", 0.02)
 
 
-PLAN_FORMAT = "strata.init-plan/1"
+PLAN_FORMAT = "strata.init-plan/2"  # /2: read from the model's own initialize_weights
 
 
 def init_plan(config: dict, cache=None) -> dict[str, TensorInit]:

@@ -127,6 +127,11 @@ class SafetensorsDir:
         with self._open(name) as f:
             return f.get_slice(name)[start:stop].clone()
 
+    def get_block(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
+        """``tensor[index]`` (slices on the leading dims) reading only that block's bytes."""
+        with self._open(name) as f:
+            return f.get_slice(name)[index].clone()
+
     def copy_rows(self, name: str, start: int, stop: int, out: torch.Tensor) -> None:
         """Rows ``start:stop`` converted straight from the map into ``out`` (no intermediate
         copy: a streamed pass over a bf16 checkpoint spent most of its time in clone + convert
@@ -162,6 +167,9 @@ class DictSource:
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         return self.get(name)[start:stop]
 
+    def get_block(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
+        return self.get(name)[index]
+
     def content_hash(self) -> str:
         h = hashlib.sha256()
         for name in sorted(self.state):
@@ -190,3 +198,11 @@ class RandomSource:
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         return draw_rows(name, self.plan[name], self.salt, start, stop)
+
+    def get_block(self, name: str, index: tuple[slice, ...]) -> torch.Tensor:
+        """The leading slice's rows drawn alone (row blocks), the rest sliced from them."""
+        first = index[0].indices(self.plan[name].shape[0])
+        if first[2] != 1:
+            raise ValueError("get_block takes unit-step slices")
+        rows = draw_rows(name, self.plan[name], self.salt, first[0], max(first[0], first[1]))
+        return rows[(slice(None),) + tuple(index[1:])]
