@@ -14,8 +14,17 @@ Two ways to run the model, same statistics
 :func:`compute` (what the claims use) streams the model one decoder layer at a time
 (:class:`probes.layer_stream.LayerStream`): every window of the corpus goes through layer L
 before layer L+1 is loaded; between layers the hidden states of all tokens (T × d float32, twice:
-in and out) are held, plus one layer's float32 weights and one d × d float64 Gram. Qwen3-4B:
-≈ 0.4 GB of weights + 2 × T × 10 kB; the whole model is never in memory.
+in and out) are held, plus one layer's weights (float32, or bf16 under ``--dtype``, see
+:mod:`probes.forward_dtype`) and the layer's second moment of δ: a d × d float64 Gram, or — when
+the scored tokens T are fewer than d — the T × d δ rows, whose T × T token Gram gives the same
+spectrum for T²d + T³ instead of d²T + d³ flops. Qwen3-4B: ≈ 0.4 GB of weights + 2 × T × 10 kB;
+the whole model is never in memory. Whatever the forward's dtype, the hidden states are float32
+and every statistic is accumulated in float32/float64.
+
+Unit of work. Per layer, the statistics are sums over windows (:class:`LayerAccumulator`): two
+runs over disjoint sets of windows merge exactly (:meth:`LayerAccumulator.merge`), so a corpus
+can be split by windows into units whose per-layer accumulators are merged before the spectra
+are taken.
 
 :func:`compute_hooked` is the reference: the whole transformers model in float32 with a forward
 pre-hook and hook on each decoder layer (one window at a time, at most one layer's input held
@@ -34,7 +43,9 @@ angular_step, delta_norm_mean, h_norm_mean, delta_sq_mean, h_sq_mean, dot_mean (
 tok_delta_sq, tok_dot, tok_h_sq (T, n) per scored token: ‖δ‖², ⟨h, δ⟩, ‖h‖² (3 scalars per
 token and layer, for the exchangeable-layers null of the late-layers claim);
 isotropic: the same spectrum statistics for isotropic Gaussian updates of the same size
-(T × d, one seeded draw) as their null; calibration: {source, sha256, tokens, …}; memory: bytes.
+(T × d, one seeded draw) as their null; calibration: {source, sha256, tokens, …}; memory: bytes;
+forward: {dtype, requested, reason, device}; timing: seconds by stage (layer loading, forward,
+Gram + eigensolve, per-token scalars, isotropic null) and the forward's flops.
 """
 
 from __future__ import annotations
