@@ -17,8 +17,9 @@ from collections import Counter
 from html import escape
 from pathlib import Path
 
+from . import checkpoints as CK
 from . import summary as S
-from .svg import heatmap_svg, profile_svg
+from .svg import SERIES_COLOURS, checkpoint_svg, heatmap_svg, profile_svg
 
 COLOURS = {  # (background, strong)
     "SUPPORTED": ("#d5efdd", "#23884b"),
@@ -109,6 +110,8 @@ details.extra summary{font-weight:500;font-size:11px;color:#6b7280}
 details.extra dl{display:grid;grid-template-columns:max-content 1fr;gap:0 8px;margin:2px 0}
 details.extra dt{color:#6b7280}
 details.extra dd{margin:0;color:#1d2330;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px}
+.lsw{display:inline-block;width:12px;height:3px;vertical-align:2px;margin:0 3px 0 8px}
+figure svg.checkpoints{width:100%;height:auto;display:block}
 """
 
 SCRIPT = """
@@ -157,6 +160,7 @@ def render_html(doc: dict) -> str:
              f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"]
     parts.append(_header(doc, models))
     parts.append(_matrix(claims, models, cells, claim_ids, cell_ids))
+    parts.append(_checkpoint_sections(doc, claims, claim_ids))
     trust = trust_rows()
     parts.append(_trust_section(claims, trust))
     for c in claims:
@@ -240,6 +244,61 @@ def _matrix(claims, models, cells, claim_ids, cell_ids) -> str:
     return (f'<section class="card" id="matrix"><h2>Claims × models</h2>{_legend()}'
             f'<table class="matrix{" few" if len(models) <= 2 else ""}"><thead><tr><th class="claim">claim</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
+
+
+# -- across checkpoints (revisions of one hub model) ----------------------------------------
+def _checkpoint_sections(doc, claims, claim_ids) -> str:
+    """Per series of revisions (:mod:`reports.checkpoints`): each record's effect against
+    checkpoint order, one plot per claim (per phase where its records have phases and
+    families: a line per family), the points coloured by that checkpoint's verdict."""
+    out = []
+    for series in CK.series(doc):
+        order = S.record_sort_key(doc)
+        blocks = []
+        for c in claims:
+            keys = [k for k in series.trajectories if k[0] == c.id]
+            if not keys:
+                continue
+            first = {k: next(r for r in series.trajectories[k] if r) for k in keys}
+            keys.sort(key=lambda k: order(first[k]))
+            per_phase = any(k[2] is not None and k[3] is not None for k in keys)
+            groups: dict = {}
+            for k in keys:
+                groups.setdefault(k[2] if per_phase else None, []).append(k)
+            figs = [_checkpoint_figure(series, c, phase, gkeys, per_phase)
+                    for phase, gkeys in groups.items()
+                    if any(r and r["verdict"] != "N/A" for k in gkeys
+                           for r in series.trajectories[k])]
+            body = (f'<div class="grid">{"".join(figs)}</div>' if figs else
+                    '<p class="na">N/A at every checkpoint.</p>')
+            blocks.append(f'<h3><a href="#{claim_ids[c.id]}">{e(c.id)}</a></h3>{body}')
+        labels = ", ".join(e(x) for x in series.labels)
+        out.append(f'<section class="card" id="{e(slug("checkpoints-" + series.name))}">'
+                   f'<h2>Across checkpoints — <span class="mono">{e(series.name)}</span></h2>'
+                   f'<p class="sub">{len(series.specs)} revisions in checkpoint order '
+                   f'({e(series.order_by)}): {labels}. Each record\'s effect at each checkpoint; '
+                   f'a point\'s colour is its verdict there; the grey line is the null '
+                   f'(effect 0), dashed the claim\'s minimum effect.</p>{"".join(blocks)}</section>')
+    return "".join(out)
+
+
+def _checkpoint_figure(series, c, phase, keys, per_phase) -> str:
+    lines = []
+    for j, k in enumerate(keys):
+        recs = series.trajectories[k]
+        name = " · ".join(str(x) for x in ((k[3],) if per_phase else (k[2], k[3])) if x) or c.id
+        lines.append({"name": name, "colour": SERIES_COLOURS[j % len(SERIES_COLOURS)],
+                      "values": [r.get("effect") if r and r["verdict"] != "N/A" else None
+                                 for r in recs],
+                      "point_colours": [COLOURS[r["verdict"]][1] if r else "#ffffff"
+                                        for r in recs]})
+    where = f"phase {phase}" if phase is not None else c.id
+    svg = checkpoint_svg(series.labels, lines, min_effect=c.min_effect, direction=c.direction,
+                         title=f"{c.id} on {series.name}: {where}, effect by checkpoint")
+    legend = "".join(f'<span class="lsw" style="background:{line["colour"]}"></span>{e(line["name"])}'
+                     for line in lines)
+    return (f'<figure class="checkpoint"><figcaption><b>{e(where)}</b><br>{legend}</figcaption>'
+            f'{svg}</figure>')
 
 
 # -- how far to trust each claim --------------------------------------------------------------

@@ -23,6 +23,7 @@ from fixtures.plugin import get_session
 from probes.errors import NotApplicable
 from probes.evidence import Claim, Evidence, decide
 from probes.stats import holm
+from reports import checkpoints
 
 SCHEMA = "strata.verdicts/1"
 RECORD_KEY = "strata_record"
@@ -258,6 +259,9 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
             model_info[r["model"]].setdefault("activation_forward", forward)
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
+    run_models = sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"]))
+    # revisions of one hub model: their checkpoint order (reports.checkpoints)
+    checkpoints.annotate(run_models, list(dict.fromkeys(config.getoption("model") or [])))
     return {
         "schema": SCHEMA,
         "run": {
@@ -267,7 +271,7 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
             "versions": _versions(),
             "alpha": alpha,
             "seed": strata.seed if strata else config.getoption("seed"),
-            "models": sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"])),
+            "models": run_models,
             "calibration": calibration,
         },
         "records": models,

@@ -14,6 +14,8 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .checkpoints import in_checkpoint_order
+
 VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A")
 ABBREV = {"SUPPORTED": "S", "REFUTED": "R", "INCONCLUSIVE": "I", "N/A": "N", "MIXED": "M"}
 STATES = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "MIXED", "N/A")
@@ -86,13 +88,16 @@ def claims(doc: dict) -> list[ClaimInfo]:
 
 
 def models(doc: dict) -> list[str]:
-    """Models that have records, in run.models order (then any others in record order)."""
+    """Models that have records, in run.models order (then any others in record order); the
+    revisions of one hub model together, in checkpoint order (:mod:`reports.checkpoints`)."""
     with_records = []
     for rec in doc["records"]:
         if rec["model"] not in with_records:
             with_records.append(rec["model"])
-    described = [m["spec"] for m in doc["run"].get("models", []) if m["spec"] in with_records]
-    return described + [m for m in with_records if m not in described]
+    run_models = doc["run"].get("models", [])
+    described = [m["spec"] for m in run_models if m["spec"] in with_records]
+    return in_checkpoint_order(described + [m for m in with_records if m not in described],
+                               run_models)
 
 
 def model_info(doc: dict, spec: str) -> dict:
@@ -194,6 +199,8 @@ def fingerprint_how(model: dict) -> str:
         text += f" ({m.get('files')} files: {', '.join(counts)})"
     elif m.get("how"):
         text += f" ({m['how']})"
+    if model.get("commit"):   # a hub model: the commit its revision resolved to
+        text += f" at commit {str(model['commit'])[:12]}"
     return text
 
 

@@ -1,6 +1,7 @@
 """Small inline-SVG plots for the HTML report: a profile across depth with phase bands and the
-null, and an L×L heatmap with phase boundaries. No ids, no external references, every text
-escaped — each plot is an independent ``<svg>`` element that can be pasted anywhere.
+null, an L×L heatmap with phase boundaries, and records' effects across training checkpoints.
+No ids, no external references, every text escaped — each plot is an independent ``<svg>``
+element that can be pasted anywhere.
 """
 
 from __future__ import annotations
@@ -308,5 +309,80 @@ def heatmap_svg(layers: Sequence[int], values: Sequence[Sequence[float | None]],
     elif label:
         out.append(f'<text x="{left}" y="{height - 1}" font-size="9" fill="{AXIS}">'
                    f'{escape(_clip(label, 48))}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# -- across checkpoints --------------------------------------------------------------------
+SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                  "#7f7f7f", "#bcbd22", "#17becf", "#393b79", "#ad494a", "#637939")
+
+
+def checkpoint_svg(labels: Sequence[str], lines: Sequence[dict], *,
+                   min_effect: float | None = None, direction: str | None = None,
+                   width: int = 360, height: int = 190, title: str = "",
+                   css_class: str = "checkpoints") -> str:
+    """Each record's effect against checkpoint order: x = the checkpoints ``labels`` (evenly
+    spaced, in order), one polyline per entry of ``lines`` ({"name", "values": effect per
+    checkpoint (None: a gap), "colour", "point_colours": per checkpoint, e.g. its verdict's}),
+    a point per present value (``data-line`` and ``data-checkpoint`` name it). The null (effect
+    0) is a solid grey line, the claim's minimum effect dashed (both signs for two-sided and
+    equivalence claims)."""
+    left, right, top, bottom = 46, 10, 10, 30
+    pw, ph = width - left - right, height - top - bottom
+    n = max(len(labels), 1)
+
+    def sx(i):
+        return left + (i + 0.5) / n * pw
+
+    marks = [0.0]
+    if is_num(min_effect):
+        marks.append(float(min_effect))   # effects are oriented: the claimed direction is +
+        if direction in ("two-sided", "equivalent"):
+            marks.append(-float(min_effect))
+    y0, y1 = _padded_range([v for line in lines for v in line["values"]] + marks)
+
+    def sy(y):
+        return top + (1 - (y - y0) / (y1 - y0)) * ph
+
+    out = [f'<svg class="{escape(css_class)}" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" style="{FONT}">']
+    if title:
+        out.append(f"<title>{escape(title)}</title>")
+    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="#fafbfc" stroke="#bbb"/>')
+    for t in nice_ticks(y0, y1, 4):
+        out.append(f'<text x="{left - 4}" y="{sy(t) + 3:.1f}" font-size="9" text-anchor="end" '
+                   f'fill="{AXIS}">{escape(tick_label(t))}</text>')
+    out.append(f'<line class="null-line" x1="{left}" x2="{left + pw}" y1="{sy(0):.1f}" '
+               f'y2="{sy(0):.1f}" stroke="{NULL_LINE}" stroke-width="1"/>')
+    out.append(f'<text x="{left + pw - 2}" y="{sy(0) - 2:.1f}" font-size="8" text-anchor="end" '
+               f'fill="{NULL_LINE}">null</text>')
+    for m in marks[1:]:
+        out.append(f'<line class="min-effect" x1="{left}" x2="{left + pw}" y1="{sy(m):.1f}" '
+                   f'y2="{sy(m):.1f}" stroke="{NULL_LINE}" stroke-width="1" stroke-dasharray="4 3"/>')
+    step = max(1, math.ceil(len(labels) * 42 / pw))     # ≥ 42 px per label
+    for i, label in enumerate(labels):
+        if i % step == 0 or i == len(labels) - 1:
+            out.append(f'<text x="{sx(i):.1f}" y="{top + ph + 12}" font-size="9" '
+                       f'text-anchor="middle" fill="{AXIS}">{escape(_clip(label, 10))}</text>')
+    out.append(f'<text x="{left + pw}" y="{height - 2}" font-size="9" text-anchor="end" '
+               f'fill="{AXIS}">checkpoint →</text>')
+    out.append(f'<text x="{left}" y="{height - 2}" font-size="9" fill="{AXIS}">effect</text>')
+    for line in lines:
+        colour = line.get("colour", LINE)
+        xs = list(range(len(line["values"])))
+        for seg in _segments(xs, line["values"]):
+            if len(seg) > 1:
+                out.append(f'<polyline points="{_pts((sx(i), sy(v)) for i, v in seg)}" '
+                           f'fill="none" stroke="{colour}" stroke-width="1.4"/>')
+        fills = line.get("point_colours") or [colour] * len(xs)
+        for i, v in zip(xs, line["values"]):
+            if not is_num(v):
+                continue
+            tip = f"{line['name']} @ {labels[i]}: effect {v:+.4g}"
+            out.append(f'<circle class="pt" data-line="{escape(line["name"])}" '
+                       f'data-checkpoint="{i}" cx="{sx(i):.1f}" cy="{sy(v):.1f}" r="3" '
+                       f'fill="{fills[i]}" stroke="{colour}" stroke-width="1.2">'
+                       f'<title>{escape(tip)}</title></circle>')
     out.append("</svg>")
     return "".join(out)

