@@ -175,9 +175,8 @@ class LayerStream:
         if module is None:
             raise StrataError(f"decoder layer {layer} was already run and released")
         matrix_dtype = self.forward.dtype
-        # one read-and-convert pass per tensor (layer_state converts while copying out of the map)
-        state = {k: v if v.dim() >= 2 else v.to(torch.float32)
-                 for k, v in self.model.layer_state(layer, matrix_dtype).items()}
+        state = {k: v.to(matrix_dtype if v.dim() >= 2 else torch.float32)
+                 for k, v in self.model.layer_state(layer).items()}
         expected = set(module.state_dict())
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)

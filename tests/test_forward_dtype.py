@@ -70,6 +70,9 @@ def _scaled_stream_model(tmp_path, scale):
     cfg = tiny_config("llama", num_layers=4)
     state = random_state_dict(cfg, seed=5)
     state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"] * scale
+    # gains with more bits than bf16 holds (the init's are all 1)
+    gain = state["model.layers.0.input_layernorm.weight"]
+    state["model.layers.0.input_layernorm.weight"] = gain + torch.linspace(0, 1e-3, len(gain))
     return open_model(str(write_checkpoint((cfg, state), tmp_path / "m")))
 
 
@@ -94,6 +97,10 @@ def test_bf16_layers_keep_a_float32_residual_stream(tmp_path):
     dtypes = {name: p.dtype for name, p in loaded.named_parameters()}
     assert dtypes["self_attn.q_proj.weight"] == torch.bfloat16
     assert dtypes["input_layernorm.weight"] == torch.float32
+    # gains are not rounded through bf16 on their way in
+    stored = model.layer_state(0)["input_layernorm.weight"]
+    assert stored.dtype == torch.float32 and not torch.equal(stored.bfloat16().float(), stored)
+    assert torch.equal(loaded.input_layernorm.weight, stored)
 
 
 @pytest.mark.parametrize("spec", ["synthetic:tiny-qwen3", "synthetic:tiny-gemma3"])
