@@ -319,8 +319,9 @@ def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TO
 def forward_flops(layout, window_lengths) -> int:
     """Multiply–add flops (×2) of the decoder layers over windows of the given lengths: the
     projections (q, k, v, o, gate, up, down) per token, and attention's QKᵀ and AV over the
-    causal pairs t(t+1)/2 of each window. Norms, rotary and activations are left out (O(d) per
-    token)."""
+    causal pairs t(t+1)/2 of each window (a sliding window's shorter reach is not subtracted:
+    an upper bound for gemma3's and mistral's local layers). Norms, rotary and activations are
+    left out (O(d) per token)."""
     d, hd = layout.hidden, layout.head_dim
     proj = d * hd * (2 * layout.num_heads + 2 * layout.num_kv_heads) + 3 * d * layout.intermediate
     tokens = sum(window_lengths)
