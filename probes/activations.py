@@ -14,8 +14,17 @@ Two ways to run the model, same statistics
 :func:`compute` (what the claims use) streams the model one decoder layer at a time
 (:class:`probes.layer_stream.LayerStream`): every window of the corpus goes through layer L
 before layer L+1 is loaded; between layers the hidden states of all tokens (T × d float32, twice:
-in and out) are held, plus one layer's float32 weights and one d × d float64 Gram. Qwen3-4B:
-≈ 0.4 GB of weights + 2 × T × 10 kB; the whole model is never in memory.
+in and out) are held, plus one layer's weights (float32, or bf16 under ``--dtype``, see
+:mod:`probes.forward_dtype`) and the layer's second moment of δ: a d × d float64 Gram, or — when
+the scored tokens T are fewer than d — the T × d δ rows, whose T × T token Gram gives the same
+spectrum for T²d + T³ instead of d²T + d³ flops. Qwen3-4B: ≈ 0.4 GB of weights + 2 × T × 10 kB;
+the whole model is never in memory. Whatever the forward's dtype, the hidden states are float32
+and every statistic is accumulated in float32/float64.
+
+Unit of work. Per layer, the statistics are sums over windows (:class:`LayerAccumulator`): two
+runs over disjoint sets of windows merge exactly (:meth:`LayerAccumulator.merge`), so a corpus
+can be split by windows into units whose per-layer accumulators are merged before the spectra
+are taken.
 
 :func:`compute_hooked` is the reference: the whole transformers model in float32 with a forward
 pre-hook and hook on each decoder layer (one window at a time, at most one layer's input held
@@ -34,12 +43,16 @@ angular_step, delta_norm_mean, h_norm_mean, delta_sq_mean, h_sq_mean, dot_mean (
 tok_delta_sq, tok_dot, tok_h_sq (T, n) per scored token: ‖δ‖², ⟨h, δ⟩, ‖h‖² (3 scalars per
 token and layer, for the exchangeable-layers null of the late-layers claim);
 isotropic: the same spectrum statistics for isotropic Gaussian updates of the same size
-(T × d, one seeded draw) as their null; calibration: {source, sha256, tokens, …}; memory: bytes.
+(T × d, one seeded draw) as their null; calibration: {source, sha256, tokens, …}; memory: bytes;
+forward: {dtype, requested, reason, device}; timing: seconds by stage (layer loading, forward,
+Gram + eigensolve, per-token scalars, isotropic null) and the forward's flops.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -48,10 +61,13 @@ from .calibration import TokenizedCorpus
 from .errors import StrataError
 from .layer_stream import LayerStream
 from .progress import progress
-from .residual import effective_rank, spectrum_from_gram, top_energy
+from .forward_dtype import ForwardDtype
+from .residual import effective_rank, spectrum_from_gram, spectrum_from_rows, top_energy
 
 PROBE_ID = "residual-stream"
-VERSION = 2  # 2: layer-streamed forward pass (same statistics to float32 rounding)
+VERSION = 3  # 2: layer-streamed forward pass (same statistics to float32 rounding)
+# 3: forward dtype (float32 | bf16, in the key); token Gram when T < d; spectrum from one
+#    tridiagonal reduction (same statistics to float32 rounding)
 TOP_K = 8
 GRAM_BUDGET_BYTES = 1 << 30
 MAX_WINDOW = 1024
@@ -83,10 +99,25 @@ class _StopForward(Exception):
 
 
 class LayerAccumulator:
-    """Streaming sums for one layer over all scored tokens (first token of each window dropped)."""
+    """Sufficient statistics of one layer's updates over a set of windows (the first token of
+    each window dropped by the caller): sums of the per-token scalars, the per-token arrays, and
+    the second moment of δ — as the d × d Gram Σ δᵀδ (``gram="hidden"``) or as the δ rows
+    themselves (``gram="tokens"``, chosen when the scored tokens are fewer than d: the spectrum
+    then comes from the T × T token Gram, see :func:`probes.residual.spectrum_from_rows`).
 
-    def __init__(self, hidden: int, device, with_gram: bool, with_scalars: bool):
-        self.gram = torch.zeros(hidden, hidden, dtype=torch.float64, device=device) if with_gram else None
+    Accumulators of one layer over disjoint sets of windows :meth:`merge` exactly (sums add,
+    Grams add, per-token arrays and rows concatenate in window order), so a corpus split into
+    units of windows gives the serial result. ``seconds`` times the Gram and the scalars."""
+
+    def __init__(self, hidden: int, device, with_gram: bool, with_scalars: bool,
+                 gram: str = "hidden"):
+        if gram not in ("hidden", "tokens"):
+            raise ValueError(f"gram must be 'hidden' or 'tokens', not {gram!r}")
+        self.hidden = hidden
+        self.mode = gram if with_gram else None
+        self.gram = (torch.zeros(hidden, hidden, dtype=torch.float64, device=device)
+                     if self.mode == "hidden" else None)
+        self.rows: list[torch.Tensor] = []          # per window: δ rows (float64), mode "tokens"
         self.with_scalars = with_scalars
         self.sums = {k: 0.0 for k in ("rel_step", "parallel_frac", "cos_delta_h", "angular_step",
                                       "delta_norm", "h_norm", "delta_sq", "h_sq", "dot")}
@@ -94,13 +125,19 @@ class LayerAccumulator:
         self.tok_delta_sq: list[torch.Tensor] = []  # per window: ‖δ_t‖² (float64, CPU)
         self.tok_dot: list[torch.Tensor] = []       # per window: ⟨h_t, δ_t⟩
         self.tok_h_sq: list[torch.Tensor] = []      # per window: ‖h_t‖²
+        self.seconds = {"gram": 0.0, "scalars": 0.0}
 
     def add(self, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
         """Fold one window: ``h_in``, ``h_out`` (T, d) of this layer, first token dropped already."""
-        if self.gram is not None:
+        t0 = time.perf_counter()
+        if self.mode == "hidden":
             # float32 Gram of one window (≤ MAX_WINDOW tokens), summed in float64
             d32 = h_out.to(torch.float32) - h_in.to(torch.float32)
             self.gram += (d32.T @ d32).to(torch.float64)
+        elif self.mode == "tokens":
+            self.rows.append(h_out.to(torch.float64) - h_in.to(torch.float64))
+        t1 = time.perf_counter()
+        self.seconds["gram"] += t1 - t0
         if not self.with_scalars:
             return
         h = h_in.to(torch.float64)
@@ -125,6 +162,37 @@ class LayerAccumulator:
         self.tok_dot.append(dot.cpu())
         self.tok_h_sq.append((hn * hn).cpu())
         self.tokens += int(h.shape[0])
+        self.seconds["scalars"] += time.perf_counter() - t1
+
+    def merge(self, other: "LayerAccumulator") -> "LayerAccumulator":
+        """Fold in ``other``: the same layer over windows that come after this one's."""
+        if (self.mode, self.with_scalars, self.hidden) != (other.mode, other.with_scalars,
+                                                           other.hidden):
+            raise ValueError("accumulators of different kinds do not merge")
+        if self.gram is not None:
+            self.gram += other.gram.to(self.gram.device)
+        self.rows += other.rows
+        for key, value in other.sums.items():
+            self.sums[key] += value
+        self.tokens += other.tokens
+        self.tok_delta_sq += other.tok_delta_sq
+        self.tok_dot += other.tok_dot
+        self.tok_h_sq += other.tok_h_sq
+        for key, value in other.seconds.items():
+            self.seconds[key] += value
+        return self
+
+    def finish_spectrum(self, top_k: int) -> None:
+        """Eigenvalues and top-k directions of Σ δᵀδ into ``self.spectrum``; the Gram or the
+        rows are released."""
+        t0 = time.perf_counter()
+        if self.mode == "hidden":
+            self.spectrum = spectrum_from_gram(self.gram.cpu().numpy(), top_k)
+        else:
+            rows = torch.cat(self.rows) if self.rows else torch.zeros(0, self.hidden)
+            self.spectrum = spectrum_from_rows(rows.cpu().numpy(), top_k)
+        self.gram, self.rows = None, []
+        self.seconds["gram"] += time.perf_counter() - t0
 
 
 class ResidualHooks:
@@ -194,37 +262,76 @@ def layer_groups(num_layers: int, hidden: int, budget_bytes: int) -> list[list[i
 
 @torch.no_grad()
 def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TOP_K,
-            seed: int = 0) -> dict:
+            seed: int = 0, forward: ForwardDtype | None = None) -> dict:
     """Run ``corpus`` through ``model`` (a :class:`probes.models.base.Model`) one decoder layer
     at a time and return the per-layer residual statistics described in the module docstring.
 
-    Held at once: one layer's weights (float32), every window's hidden states entering and
-    leaving that layer, one d × d float64 Gram and the per-layer results so far."""
+    ``forward``: the dtype the decoder layers compute in (:mod:`probes.forward_dtype`; default
+    float32); hidden states and statistics are float32/float64 either way.
+
+    Held at once: one layer's weights, every window's hidden states entering and leaving that
+    layer, and the layer's second moment of δ — a d × d float64 Gram, or the T × d δ rows when
+    the scored tokens T are fewer than d (smaller, and the spectrum then costs T²d + T³
+    instead of d³). ``timing`` in the result splits the seconds: layer loading (read + dtype
+    conversion), the forward, the Gram and its eigensolve, the per-token scalars, the
+    isotropic reference."""
+    t_start = time.perf_counter()
     n, d = model.layout.num_layers, model.layout.hidden
-    stream = LayerStream(model, device)
+    forward = forward or ForwardDtype("float32", "float32", "default")
+    stream = LayerStream(model, device, forward)
     window = stream.window_limit(MAX_WINDOW)
     seqs = windows(corpus, window)
     if not seqs:
         raise StrataError("calibration corpus gave no scored tokens")
+    scored = sum(len(s) - 1 for s in seqs)
+    gram = "tokens" if scored < d else "hidden"
     accs: dict[int, LayerAccumulator] = {}
     hidden_bytes = 0
+    seconds = {"gram": 0.0, "scalars": 0.0}
     with progress(n, f"residual stream ({corpus.tokens} tokens)", unit="layer") as bar:
         for layer, inputs, outputs in stream.run(seqs):
-            acc = LayerAccumulator(d, stream.device, with_gram=True, with_scalars=True)
+            acc = LayerAccumulator(d, stream.device, with_gram=True, with_scalars=True, gram=gram)
             for h_in, h_out in zip(inputs, outputs):
                 acc.add(h_in[0, 1:], h_out[0, 1:])
             hidden_bytes = max(hidden_bytes, sum(t.numel() * t.element_size()
                                                  for t in (*inputs, *outputs)))
-            acc.spectrum = spectrum_from_gram(acc.gram.cpu().numpy(), top_k)
-            acc.gram = None
+            acc.finish_spectrum(top_k)
+            for key in seconds:
+                seconds[key] += acc.seconds[key]
             accs[layer] = acc
             del inputs, outputs   # only the next layer's inputs stay alive
             bar.update(1)
-    return _finalise(accs, n, d, top_k, corpus, seed,
-                     memory={"streamed": True, "layers_in_memory": 1,
-                             "layer_weight_bytes": stream.layer_bytes,
-                             "hidden_bytes": hidden_bytes, "gram_bytes": d * d * 8,
-                             "embedding_rows": stream.embedded_rows, "window": window})
+    t_iso = time.perf_counter()
+    isotropic_reference(accs[0].tokens, d, seed)  # timed here; _finalise reads it from the cache
+    t_fin = time.perf_counter()
+    res = _finalise(accs, n, d, top_k, corpus, seed,
+                    memory={"streamed": True, "layers_in_memory": 1,
+                            "layer_weight_bytes": stream.layer_bytes,
+                            "hidden_bytes": hidden_bytes, "gram": gram,
+                            "gram_bytes": (d * d if gram == "hidden" else scored * d) * 8,
+                            "embedding_rows": stream.embedded_rows, "window": window})
+    done = time.perf_counter()
+    res["forward"] = {**forward.record(), "device": str(stream.device)}
+    res["timing"] = {"load_s": stream.timing["load_s"], "forward_s": stream.timing["forward_s"],
+                     "gram_eigensolve_s": seconds["gram"], "token_scalars_s": seconds["scalars"],
+                     "isotropic_s": t_fin - t_iso, "finalise_s": done - t_fin,
+                     "total_s": done - t_start,
+                     "forward_flops": forward_flops(model.layout, [len(s) for s in seqs])}
+    return res
+
+
+def forward_flops(layout, window_lengths) -> int:
+    """Multiply–add flops (×2) of the decoder layers over windows of the given lengths: the
+    projections (q, k, v, o, gate, up, down) per token, and attention's QKᵀ and AV over the
+    causal pairs t(t+1)/2 of each window (a sliding window's shorter reach is not subtracted:
+    an upper bound for gemma3's and mistral's local layers). Norms, rotary and activations are
+    left out (O(d) per token)."""
+    d, hd = layout.hidden, layout.head_dim
+    proj = d * hd * (2 * layout.num_heads + 2 * layout.num_kv_heads) + 3 * d * layout.intermediate
+    tokens = sum(window_lengths)
+    pairs = sum(t * (t + 1) // 2 for t in window_lengths)
+    per_layer = 2 * proj * tokens + 2 * 2 * layout.num_heads * hd * pairs
+    return int(per_layer * layout.num_layers)
 
 
 @torch.no_grad()
@@ -308,10 +415,19 @@ def _finalise(accs, n, d, top_k, corpus: TokenizedCorpus, seed: int, memory: dic
 def isotropic_reference(tokens: int, hidden: int, seed: int = 0) -> dict:
     """Spectrum statistics of a T × d matrix of i.i.d. Gaussian updates (one seeded draw, T
     capped at 4096): the per-layer statistics' null for updates with no preferred direction;
-    also E|cos| of a random direction with h (parallel fraction) and 0 for mean cos."""
+    also E|cos| of a random direction with h (parallel fraction) and 0 for mean cos.
+
+    Depends only on (min(T, 4096), d, seed), so it is computed once per shape and process
+    (a model and its random twin share it; at Qwen3-4B shapes one draw costs a 2560² Gram of
+    4096 rows and its eigenvalues)."""
+    return dict(_isotropic(min(tokens, 4096), hidden, seed))
+
+
+@lru_cache(maxsize=8)
+def _isotropic(rows: int, hidden: int, seed: int) -> dict:
     from .residual import random_abs_cos_mean
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((min(tokens, 4096), hidden))
+    x = rng.standard_normal((rows, hidden))
     s2 = np.linalg.eigvalsh(x @ x.T if x.shape[0] < hidden else x.T @ x)
     return {"effective_rank": effective_rank(s2), "top1_energy": top_energy(s2, 1),
             "top3_energy": top_energy(s2, 3), "top10_energy": top_energy(s2, 10),

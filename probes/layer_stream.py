@@ -17,10 +17,15 @@ What is built
   the final norm never runs; the base model's few tensors outside its layers other than the
   token embedding (GPT-2's position table, the final norm) are loaded (``Model.base_tensor``);
 * **decoder layer L** is the meta module ``layers[L]`` loaded with that layer's stored tensors
-  (``Model.layer_state``, converted to float32, ``load_state_dict(assign=True)``), moved to the
-  device, run over every sequence, then dropped before layer L+1 is loaded.
+  (``Model.layer_state``, its matrices converted to the forward dtype and its 1-D gains to
+  float32, ``load_state_dict(assign=True)``), moved to the device, run over every sequence, then
+  dropped before layer L+1 is loaded.
 
-Memory: one decoder layer's weights (float32: Qwen3-4B 0.40 GB, Qwen3-32B 1.95 GB) plus, for
+Forward dtype (:mod:`probes.forward_dtype`): float32, or bf16 matrices run under
+``torch.autocast`` while the hidden states entering and leaving every layer stay float32.
+
+Memory: one decoder layer's weights (float32: Qwen3-4B 0.40 GB, Qwen3-32B 1.95 GB; half that in
+bf16) plus, for
 every sequence, its hidden states before and after the current layer (2 × T × d float32 over
 all T tokens) and the embedding rows of the ids in use. The final norm and LM head are never
 built. Non-persistent buffers (rotary frequencies, gemma's embedding scale) are filled by the
@@ -33,11 +38,13 @@ there (untested here: no GPU was available when this was written).
 from __future__ import annotations
 
 import re
+import time
 from typing import Iterator
 
 import torch
 
 from .errors import StrataError
+from .forward_dtype import ForwardDtype
 
 
 # buffers older transformers versions saved in decoder layers, which today's modules rebuild or
@@ -116,16 +123,20 @@ class LayerStream:
     """Run sequences of token ids through ``model``'s decoder layers, layer-outer.
 
     ``model`` is a :class:`probes.models.base.Model` with ``embedding_rows`` and
-    ``layer_state``. Computation is float32 on ``device``."""
+    ``layer_state``. Hidden states are float32 on ``device``; the layers compute in
+    ``forward``'s dtype (default float32). ``timing`` sums the seconds spent loading layers
+    (read + dtype conversion + move to the device) and running them (the forward itself)."""
 
-    def __init__(self, model, device: str = "cpu"):
+    def __init__(self, model, device: str = "cpu", forward: ForwardDtype | None = None):
         self.model = model
         self.device = torch.device(device)
+        self.forward = forward or ForwardDtype("float32", "float32", "default")
         self.body, self.layers_attr = _base_model(model.config)
         self.num_layers = model.layout.num_layers
         self.meta_layers = list(getattr(self.body, self.layers_attr))
         self.layer_bytes = 0
         self.embedded_rows = 0
+        self.timing = {"load_s": 0.0, "forward_s": 0.0}
 
     def window_limit(self, default: int) -> int:
         """``default`` capped at the config's ``max_position_embeddings``."""
@@ -203,7 +214,9 @@ class LayerStream:
 
     # -- layers ----------------------------------------------------------------------------
     def load_layer(self, layer: int) -> torch.nn.Module:
-        """Decoder layer ``layer`` with its stored weights, float32, on the device."""
+        """Decoder layer ``layer`` with its stored weights on the device: matrices in the
+        forward dtype, 1-D tensors (norm gains, biases) in float32 (elementwise work outside
+        autocast keeps float32)."""
         module = self.meta_layers[layer]
         if module is None:
             raise StrataError(f"decoder layer {layer} was already run and released")
@@ -213,7 +226,10 @@ class LayerStream:
                    *_LEGACY_BUFFERS)]
         # stored tensors the module does not hold and transformers does not load: old GPT-2 and
         # GPT-NeoX checkpoints' causal-mask buffers (the class's own ignore list) and constants
-        state = {k: v.to(torch.float32) for k, v in self.model.layer_state(layer).items()
+        # matrices in the forward dtype; 1-D gains and biases stay float32 (not rounded to bf16)
+        matrix_dtype = self.forward.dtype
+        state = {k: v.to(matrix_dtype if v.dim() >= 2 else torch.float32)
+                 for k, v in self.model.layer_state(layer).items()
                  if k in expected or not any(p.search(k) for p in ignore)}
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -234,14 +250,26 @@ class LayerStream:
         are computed; the outputs become layer L+1's inputs."""
         kwargs, hidden = self.layer_kwargs(self.embed(seqs))
         for layer in range(self.num_layers):
+            t0 = time.perf_counter()
             module = self.load_layer(layer)
+            self._sync()
+            t1 = time.perf_counter()
             outputs = []
-            with torch.no_grad():
+            with torch.no_grad(), self.forward.autocast(self.device):
                 for h, kw in zip(hidden, kwargs):
                     args, kws = kw[layer]
                     out = module(h, *args, **kws)
-                    outputs.append(out[0] if isinstance(out, (tuple, list)) else out)
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    # the residual stream stays float32 whatever the layers compute in
+                    outputs.append(out.to(torch.float32))
+            self._sync()
+            self.timing["load_s"] += t1 - t0
+            self.timing["forward_s"] += time.perf_counter() - t1
             self.meta_layers[layer] = None
             del module
             yield layer, hidden, outputs
             hidden = outputs
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)

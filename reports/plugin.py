@@ -252,6 +252,11 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         if r["verdict"] == "SUPPORTED":
             r["holm_survives"] = bool(r["p_holm"] is not None and r["p_holm"] <= alpha)
     models.sort(key=lambda r: (r["claim"], r["model"], str(r["phase"]), str(r["family"])))
+    # the activation probes' forward dtype, per model (run metadata: run.models[].activation_forward)
+    for r in records:
+        forward = r["extra"].get("forward") if isinstance(r.get("extra"), dict) else None
+        if forward and r["model"] in model_info:
+            model_info[r["model"]].setdefault("activation_forward", forward)
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
     run_models = sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"]))

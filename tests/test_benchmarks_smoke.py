@@ -146,6 +146,35 @@ def test_activation_benchmark_runs_streamed_and_whole_model(tmp_path, capsys):
     assert all(doc["same_verdicts"].values())
     assert max(doc["max_rel_diff"].values()) < 1e-6
     assert doc["streamed"]["memory"]["layers_in_memory"] == 1
+    # the time split and the floor (issue 19), measured in the same run
+    assert "time split" in text and "floor:" in text and "GFLOP/s" in text
+    streamed = doc["streamed"]
+    assert streamed["forward"]["dtype"] == "float32"   # auto: the tiny config declares no bf16
+    assert streamed["gemm_gflops"] > 0 and streamed["floor_s"] > 0
+    parts = streamed["timing"]
+    assert parts["forward_s"] > 0 and parts["forward_flops"] > 0
+    assert sum(parts[k] for k in ("load_s", "forward_s", "gram_eigensolve_s", "token_scalars_s",
+                                  "isotropic_s")) <= parts["total_s"] + 1e-6
+    assert all(v["seconds"] >= 0 for v in streamed["verdicts"].values())
+
+
+def test_activation_benchmark_side_by_side_with_a_script(tmp_path, capsys):
+    """--vs-script runs the given script on the checkpoint first, reads its token count and
+    runs Strata with that many tokens (a stand-in script: the real one needs a real tokenizer)."""
+    from benchmarks import activations as bench_act
+    ckpt = tmp_path / "ck"
+    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "2", "--out", str(ckpt)]) == 0
+    script = tmp_path / "script.py"
+    script.write_text("import argparse\np = argparse.ArgumentParser()\n"
+                      "for a in ('--model', '--device', '--out'): p.add_argument(a)\n"
+                      "args = p.parse_args()\nassert args.model and args.device == 'cpu'\n"
+                      "print(' L=2, hidden=64, calibration tokens: 57')\n")
+    report = tmp_path / "r.json"
+    assert bench_act.main([str(ckpt), "--vs-script", str(script), "--json", str(report)]) == 0
+    doc = json.loads(report.read_text())
+    assert doc["script"]["tokens"] == 57 and doc["streamed"]["tokens"] == 57
+    assert doc["ratio_time"] > 0 and doc["ratio_memory"] > 0
+    assert "side by side, 57 tokens" in capsys.readouterr().out
 
 
 def test_make_checkpoint_copies_a_tokenizer(tmp_path):
