@@ -198,4 +198,5 @@ def _run_one(ct: ClaimTest, model, phases, phase, family, session, probes, alpha
     dec = decide(claim, ev, alpha)
     return {**rec, "verdict": dec.verdict, "reason": dec.reason, "observed": ev.observed,
             "null_mean": ev.null_mean, "effect": ev.effect, "ci": list(ev.ci), "p": ev.p,
-            "min_effect": claim.min_effect}
+            "min_effect": claim.min_effect, "direction": claim.direction,
+            "se": ev.standard_error}

@@ -135,6 +135,7 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
         raise NotApplicable(f"{family}: zero-norm, constant or non-finite weights in phase {phase}")
     diff = cos - mu
     effect, lo, hi = t_interval(diff)
+    se = float(diff.std(ddof=1) / math.sqrt(diff.size))  # the t interval's standard error
     z = diff / sd
     stouffer = float(z.sum() / math.sqrt(len(z)))
     from scipy.stats import norm, ttest_1samp
@@ -144,7 +145,7 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
     return Evidence(
         observed=float(cos.mean()), null_kind="entry-permutation (exact moments)",
         null_mean=float(mu.mean()), null_sd=float(math.sqrt(np.sum(sd ** 2)) / len(sd)),
-        effect=float(effect), ci=(float(lo), float(hi)), p=p,
+        effect=float(effect), ci=(float(lo), float(hi)), p=p, se=se,
         profile=Profile(layers=all_adj["layer"].tolist(), values=all_adj["cos"].tolist(),
                         null=all_adj["null_mean"].tolist(), null_sd=all_adj["null_sd"].tolist(),
                         label=f"adjacent cos, {family}"),

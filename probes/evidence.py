@@ -86,6 +86,13 @@ class Evidence:
     matrix: Matrix | None = None
     extra: dict = field(default_factory=dict)  # anything else worth showing (n, raw numbers, notes)
     reason: str = ""  # why, in words (filled by decide when empty)
+    # standard error of ``effect`` that ``ci`` is built on; None means ci = effect ± z·null_sd,
+    # so the se is the null sd. Pooling across models (probes.meta_analysis) weights by it.
+    se: float | None = None
+
+    @property
+    def standard_error(self) -> float:
+        return float(self.null_sd if self.se is None else self.se)
 
 
 @dataclass

@@ -728,7 +728,7 @@ def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str
         observed=float(ff["aligned_cos"][sel].mean()), null_kind=NULL_KIND,
         null_mean=float(ff["null_aligned_mean"][sel].mean()),
         null_sd=float(np.mean(ff["null_aligned_sd"][sel])), effect=effect,
-        ci=(effect - q * se, effect + q * se), p=p, profile=profile(result, family),
+        ci=(effect - q * se, effect + q * se), p=p, se=se, profile=profile(result, family),
         extra={"gauge": ff["gauge"], "pairs": n, "se": se, "df": df, "margin": margin,
                "mean_raw_cos": float(ff["raw_cos"][sel].mean()),
                "mean_delta": float(ff["delta"][sel].mean()),

@@ -158,6 +158,9 @@ class LayerStream:
         self.embedded_rows = len(used)
         emb.weight = torch.nn.Parameter(rows.to(self.device), requires_grad=False)
         emb.num_embeddings = len(used)
+        # padding_idx only masks gradients; the config's pad id (Qwen2's 151643) indexes the
+        # full vocabulary and would fail torch's bound check against the rows kept here
+        emb.padding_idx = None
         _fill_buffers(self.body, emb, self.device)
         index = torch.full((vocab,), -1, dtype=torch.long)
         index[torch.tensor(used, dtype=torch.long)] = torch.arange(len(used))

@@ -155,7 +155,7 @@ def paired_difference(diff: Sequence[float], direction: Direction = "greater",
     else:
         p = float(2 * sps.t.sf(abs(t), n - 1))
     return Evidence(observed=mean, null_kind=null_kind, null_mean=0.0, null_sd=se, effect=eff,
-                    ci=(eff - q * se, eff + q * se), p=p, profile=profile,
+                    ci=(eff - q * se, eff + q * se), p=p, se=se, profile=profile,
                     extra={"pairs": int(n), "t": t, "df": n - 1, **extra})
 
 

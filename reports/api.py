@@ -6,6 +6,10 @@ verdicts that changed between two runs or between two models of one run.
     >>> df.groupby(["claim", "model"]).verdict.value_counts()
     >>> compare_reports("runs/old", "reports/out")           # same model, two runs
     >>> compare_reports("reports/out", models=("smollm2-135m", "Qwen/Qwen3-4B"))
+    >>> pooled_frame("reports/out")                          # pooled over the models
+
+Reports of schema ``strata.verdicts/1`` and ``/2`` are read alike (a /1 report has no pooled
+records: ``pooled_frame`` is empty for it).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from .schema import validate
 from .summary import twin_artifact as twin_artifact_of
 
 __all__ = ["load_document", "load_report", "records_frame", "profiles_frame",
-           "compare_reports", "validate"]
+           "pooled_frame", "compare_reports", "validate"]
 
 Source = Union[str, Path, dict, pd.DataFrame]
 
@@ -107,6 +111,36 @@ def profiles_frame(source: str | Path | dict) -> pd.DataFrame:
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype(float)
     df["null"] = pd.to_numeric(df["null"], errors="coerce").astype(float)
     return df
+
+
+POOLED_COLUMNS = ["claim", "scope", "phase", "family", "verdict", "k", "effect", "se", "ci_lo",
+                  "ci_hi", "tau2", "i2", "q", "q_p", "pi_lo", "pi_hi", "direction", "min_effect",
+                  "models", "left_out", "twin_verdict", "twin_effect", "twin_tau2", "twin_artifact",
+                  "method"]
+
+
+def pooled_frame(source: str | Path | dict) -> pd.DataFrame:
+    """One row per pooled record (``pooled`` of a strata.verdicts/2 report): the random-effects
+    estimate over the models, its interval, τ², I², Cochran's Q and p, the prediction interval,
+    the pooled verdict, the pooled models (``models``: a list) and the twins' pooled verdict.
+    Each record's per-model inputs stay in the document (``doc["pooled"][i]["inputs"]``)."""
+    doc = load_document(source)
+    rows = []
+    for p in doc.get("pooled") or []:
+        twin = p.get("twin") or {}
+        rows.append({
+            "claim": p["claim"], "scope": p.get("scope"), "phase": p.get("phase"),
+            "family": p.get("family"), "verdict": p["verdict"], "k": p.get("k"),
+            "effect": p["effect"], "se": p.get("se"), "ci_lo": p["ci"][0], "ci_hi": p["ci"][1],
+            "tau2": p["tau2"], "i2": p["i2"], "q": p.get("q"), "q_p": p.get("q_p"),
+            "pi_lo": p["prediction_interval"][0], "pi_hi": p["prediction_interval"][1],
+            "direction": p.get("direction"), "min_effect": p.get("min_effect"),
+            "models": [i["model"] for i in p["inputs"]],
+            "left_out": [x["model"] for x in p.get("left_out") or []],
+            "twin_verdict": twin.get("verdict"), "twin_effect": twin.get("effect"),
+            "twin_tau2": twin.get("tau2"), "twin_artifact": p.get("twin_artifact"),
+            "method": p["method"]})
+    return pd.DataFrame(rows, columns=POOLED_COLUMNS)
 
 
 def _frame(source: Source) -> pd.DataFrame:

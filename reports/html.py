@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import checkpoints as CK
 from . import summary as S
-from .svg import SERIES_COLOURS, checkpoint_svg, heatmap_svg, profile_svg
+from .svg import SERIES_COLOURS, checkpoint_svg, forest_svg, heatmap_svg, profile_svg
 
 COLOURS = {  # (background, strong)
     "SUPPORTED": ("#d5efdd", "#23884b"),
@@ -27,6 +27,14 @@ COLOURS = {  # (background, strong)
     "INCONCLUSIVE": ("#fbedc4", "#b7860b"),
     "N/A": ("#eceef1", "#8a9099"),
     "MIXED": ("#ffffff", "#555555"),
+}
+POOLED_COLOURS = {  # pooled verdicts over models (background, strong)
+    "GENERAL": ("#c9ecd4", "#1b7a41"),
+    "HETEROGENEOUS": ("#d9e8f8", "#2c5f9e"),
+    "ABSENT": ("#f8d5d1", "#b83227"),
+    "INCONCLUSIVE": ("#fbedc4", "#b7860b"),
+    "MIXED": ("#ffffff", "#555555"),
+    "N/A": ("#eceef1", "#8a9099"),
 }
 # the table "how far to trust each claim" (README), as benchmarks/calibration.py --json wrote it:
 # the page shows the rows of its claims and links each claim to its row
@@ -112,6 +120,9 @@ details.extra dt{color:#6b7280}
 details.extra dd{margin:0;color:#1d2330;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px}
 .lsw{display:inline-block;width:12px;height:3px;vertical-align:2px;margin:0 3px 0 8px}
 figure svg.checkpoints{width:100%;height:auto;display:block}
+.fgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:10px;margin-top:6px}
+figure svg.forest{width:100%;max-width:760px;height:auto;display:block}
+table.matrix th.pooled{background:#e9eef7}
 """
 
 SCRIPT = """
@@ -152,6 +163,7 @@ def render_html(doc: dict) -> str:
     ids = Anchors()
     claim_ids = {c.id: ids.make("claim", c.id) for c in claims}
     cell_ids = {(c.id, m): ids.make(c.id, m) for c in claims for m in models}
+    pooled_ids = {c.id: ids.make(c.id, "pooled") for c in claims}
 
     run = doc.get("run", {})
     title = "Strata verdicts — " + ", ".join(models) if models else "Strata verdicts"
@@ -159,12 +171,14 @@ def render_html(doc: dict) -> str:
              '<meta name="viewport" content="width=device-width,initial-scale=1">',
              f"<title>{e(title)}</title><style>{CSS}</style></head><body><main>"]
     parts.append(_header(doc, models))
-    parts.append(_matrix(claims, models, cells, claim_ids, cell_ids))
+    parts.append(_matrix(claims, models, cells, claim_ids, cell_ids,
+                         pooled=(S.pooled_cells(doc), pooled_ids) if S.pooled(doc) else None))
     parts.append(_checkpoint_sections(doc, claims, claim_ids))
     trust = trust_rows()
     parts.append(_trust_section(claims, trust))
     for c in claims:
-        parts.append(_claim_section(doc, c, models, cells, claim_ids[c.id], cell_ids, ids, trust))
+        parts.append(_claim_section(doc, c, models, cells, claim_ids[c.id], cell_ids, ids, trust,
+                                    pooled_anchor=pooled_ids[c.id]))
     parts.append(_run_section(run, models))
     parts.append(f"</main><script>{SCRIPT}</script></body></html>")
     return "\n".join(parts)
@@ -222,8 +236,12 @@ def _cell_flags(c: S.Cell) -> str:
     return "".join(out)
 
 
-def _matrix(claims, models, cells, claim_ids, cell_ids) -> str:
+def _matrix(claims, models, cells, claim_ids, cell_ids, pooled=None) -> str:
+    """The claims × models matrix; ``pooled`` = (pooled cells, anchors) adds the column
+    "all models" (the pooled verdicts over the models)."""
     head = "".join(f'<th><span class="mono">{e(m)}</span></th>' for m in models)
+    if pooled:
+        head += f'<th class="pooled" title="random-effects pooling over the models">{e(S.ALL_MODELS)}</th>'
     rows = []
     for c in claims:
         tds = []
@@ -239,9 +257,12 @@ def _matrix(claims, models, cells, claim_ids, cell_ids) -> str:
                 f'data-state="{e(cl.state)}" style="background:{bg}">'
                 f'<a href="#{cell_ids[(c.id, m)]}"><span class="state" style="color:{fg}">{e(cl.state)}</span> '
                 f'<span class="counts">{e(S.cell_counts_text(cl))}</span>{_bar(cl)}{_cell_flags(cl)}</a></td>')
+        if pooled:
+            tds.append(_pooled_matrix_cell(c.id, pooled[0].get(c.id), pooled[1][c.id]))
         rows.append(f'<tr><th class="claim"><a href="#{claim_ids[c.id]}">{e(c.id)}</a>'
                     f'<div class="stmt">{e(c.statement)}</div></th>{"".join(tds)}</tr>')
     return (f'<section class="card" id="matrix"><h2>Claims × models</h2>{_legend()}'
+            + (_pooled_legend() if pooled else "") +
             f'<table class="matrix{" few" if len(models) <= 2 else ""}"><thead><tr><th class="claim">claim</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 
@@ -340,7 +361,7 @@ def _trust_section(claims, rows: dict) -> str:
 
 
 def _claim_section(doc, c: S.ClaimInfo, models, cells, anchor, cell_ids, ids: Anchors,
-                   trust: dict | None = None) -> str:
+                   trust: dict | None = None, pooled_anchor: str | None = None) -> str:
     trust = trust or {}
     head = (f'<div class="claimhead"><h2>{e(c.id)}</h2><dl>'
             f'<dt>statement</dt><dd>{e(c.statement)}</dd>'
@@ -352,7 +373,7 @@ def _claim_section(doc, c: S.ClaimInfo, models, cells, anchor, cell_ids, ids: An
                f'{e(trust[c.id].get("fp_shuffled"))} (shuffled real); power ≥ 0.8 from '
                f'{e(trust[c.id].get("power_0_8"))}</dd>' if c.id in trust else "")
             + '</dl></div>')
-    body = []
+    body = [_pooled_block(doc, c, pooled_anchor, ids)] if S.pooled_for(doc, c.id) else []
     for m in models:
         recs = S.records_for(doc, c.id, m)
         if not recs:
@@ -547,6 +568,150 @@ def _heatmaps(recs, phases, model):
                           title=f"{rs[0]['claim']} on {model}: {cap}")
         figs.append(f'<figure><figcaption>{e(cap)}</figcaption>{svg}</figure>')
     return len(figs), "".join(figs)
+
+
+# -- pooled over models ------------------------------------------------------------------------
+def _pooled_legend() -> str:
+    sw = "".join(f'<span class="sw" style="background:{POOLED_COLOURS[v][0]};border-color:'
+                 f'{POOLED_COLOURS[v][1]}"></span><b>{e(v)}</b>: {e(S.POOLED_MEANING[v])}. '
+                 for v in S.POOLED_VERDICTS)
+    return (f'<div class="legend"><b>{e(S.ALL_MODELS)}</b>: each claim × phase × family decided on '
+            f'three or more models, pooled by random effects (models of one repository at several '
+            f'revisions count once). {sw}</div>')
+
+
+def _pooled_matrix_cell(claim: str, pc, anchor: str) -> str:
+    if pc is None:
+        return (f'<td class="cell pooled empty" data-claim="{e(claim)}" data-model="{e(S.ALL_MODELS)}">'
+                f'<span class="counts">fewer than 3 models decided</span></td>')
+    bg, fg = POOLED_COLOURS[pc.state]
+    n = pc.total or 1
+    bar = "".join(f'<span style="width:{100 * pc.counts[v] / n:.1f}%;background:{POOLED_COLOURS[v][1]}" '
+                  f'title="{pc.counts[v]} {e(v)}"></span>' for v in S.POOLED_VERDICTS if pc.counts[v])
+    flag = (f'<span class="flag twin" title="pooled records whose random-init twins also pool to '
+            f'support">{S.TWIN_FLAG} {pc.twin_artifacts} twin</span>' if pc.twin_artifacts else "")
+    return (f'<td class="cell pooled" data-claim="{e(claim)}" data-model="{e(S.ALL_MODELS)}" '
+            f'data-state="{e(pc.state)}" style="background:{bg}"><a href="#{anchor}">'
+            f'<span class="state" style="color:{fg}">{e(pc.state)}</span> '
+            f'<span class="counts">{e(pc.counts_text())} · up to {pc.models} models</span>'
+            f'<div class="bar">{bar}</div>{flag}</a></td>')
+
+
+def _pooled_block(doc, c: S.ClaimInfo, anchor: str, ids: Anchors) -> str:
+    """A claim's pooled records: a table (estimate, intervals, τ², I², verdict, twins) and one
+    forest plot per record."""
+    recs = S.pooled_for(doc, c.id)
+    row_ids = [ids.make(anchor, "p", str(k)) for k in range(len(recs))]
+    keys = [k for k in ("phase", "family") if any(p.get(k) is not None for p in recs)]
+    scoped = any(p.get("scope") != "models" for p in recs)
+    rows, figs = [], []
+    for p, rid in zip(recs, row_ids):
+        bg, fg = POOLED_COLOURS[p["verdict"]]
+        twin = p.get("twin") or {}
+        twin_txt = (f'<span class="twinv" style="color:{POOLED_COLOURS[twin["verdict"]][1]}" '
+                    f'title="{e(twin.get("reason"))}">{e(twin["verdict"])}</span>' if twin else "—")
+        if p.get("twin_artifact"):
+            twin_txt += f' <span class="flag twin">{S.TWIN_FLAG} artifact?</span>'
+        left = p.get("left_out") or []
+        left_txt = (f'<details class="extra"><summary>{len(left)} left out</summary><dl>'
+                    + "".join(f"<dt>{e(x['model'])}</dt><dd>{e(x['reason'])}</dd>" for x in left)
+                    + "</dl></details>") if left else ""
+        key_cells = "".join(f'<td class="t{" mono" if k == "family" else ""}">{e(p.get(k) or "—")}</td>'
+                            for k in keys)
+        scope_cell = f'<td class="t">{e(p.get("scope"))}</td>' if scoped else ""
+        rows.append(
+            f'<tr id="{rid}">{scope_cell}{key_cells}<td>{e(p.get("k"))}</td>'
+            f'<td>{e(S.fmt_signed(p["effect"]))}</td><td>{e(S.fmt_ci(p["ci"]))}</td>'
+            f'<td>{e(S.fmt(p["tau2"]))}</td><td>{p["i2"]:.0%}</td>'
+            f'<td>{e(S.fmt_ci(p["prediction_interval"]))}</td>'
+            f'<td class="v t" style="background:{bg};color:{fg}">{e(p["verdict"])}</td>'
+            f'<td class="t">{twin_txt}</td><td class="reason">{e(p.get("reason"))}{left_txt}</td></tr>')
+        figs.append(_forest_figure(p, rid))
+    heads = (('<th class="t">scope</th>' if scoped else "")
+             + "".join(f'<th class="t">{k}</th>' for k in keys)
+             + '<th>models</th><th>pooled effect (null 0)</th><th>interval</th><th>τ²</th><th>I²</th>'
+               '<th>prediction interval</th><th class="t">verdict</th><th class="t">random twins</th>'
+               '<th class="t">reason</th>')
+    pc = S.pooled_cells(doc).get(c.id)
+    state = pc.state if pc else "N/A"
+    _, fg = POOLED_COLOURS[state]
+    line = (f'<p class="line"><span class="state" style="color:{fg}">{e(state)}</span>'
+            + (f" · {e(pc.counts_text(' · '))} of {pc.total} pooled records" if pc else "")
+            + f' · {e(recs[0]["method"])}</p>')
+    opened = " open" if len(recs) <= OPEN_TABLE_MAX else ""
+    plots_open = " open" if len(recs) <= OPEN_PLOTS_MAX else ""
+    return (f'<div class="cm pooledblock" id="{anchor}"><h3>pooled over <span class="model">'
+            f'{e(S.ALL_MODELS)}</span></h3>{line}'
+            f'{_pooled_overview([(p, rid) for p, rid in zip(recs, row_ids) if p.get("scope") == "models"])}'
+            f'<details class="table"{opened}><summary>Pooled records ({len(recs)})</summary>'
+            f'<table class="records"><thead><tr>{heads}</tr></thead><tbody>{"".join(rows)}'
+            f'</tbody></table></details>'
+            f'<details class="plots forests"{plots_open}><summary>Forest plots ({len(figs)}) — each '
+            f'model\'s effect and interval, the pooled diamond, the prediction interval, the '
+            f'minimum effect dashed</summary><div class="fgrid">{"".join(figs)}</div></details></div>')
+
+
+def _pooled_overview(hits: list[tuple[dict, str]]) -> str:
+    """A phase × family grid of the across-models pooled verdicts (pooled effect inside),
+    linking to the table rows."""
+    if len(hits) < 2:
+        return ""
+    ph = list(dict.fromkeys(p.get("phase") for p, _ in hits))
+    fam = list(dict.fromkeys(p.get("family") for p, _ in hits))
+    idx = {(p.get("family"), p.get("phase")): (p, rid) for p, rid in hits}
+    if ph == [None]:
+        idx = {(None, f): hit for (f, _), hit in idx.items()}
+        ph, fam = fam, [None]
+    head = "".join(f"<th>{e(x) if x is not None else '—'}</th>" for x in ph)
+    rows = []
+    for f in fam:
+        tds = []
+        for x in ph:
+            hit = idx.get((f, x))
+            if hit is None:
+                tds.append('<td class="empty"></td>')
+                continue
+            p, rid = hit
+            tip = f"{p['verdict']}: {p.get('reason', '')}"
+            flag = S.TWIN_FLAG if p.get("twin_artifact") else ""
+            tds.append(f'<td><a href="#{rid}" style="background:{POOLED_COLOURS[p["verdict"]][0]}" '
+                       f'title="{e(tip)}">{e(S.fmt_short(p["effect"]))}{flag}</a></td>')
+        rows.append(f'<tr><th class="row">{e(f) if f is not None else "pooled effect"}</th>{"".join(tds)}</tr>')
+    return (f'<table class="overview"><thead><tr><th></th>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _short_spec(spec: str) -> str:
+    """A model spec for a plot row: a file or folder path by its last part (the full spec is
+    the row's tooltip); hub ids and other specs as they are."""
+    base = spec[len("random:"):] if spec.startswith("random:") else spec
+    if base.startswith(("/", "./", "../", "~")):
+        base = base.rstrip("/").rsplit("/", 1)[-1]
+    return ("random:" if spec.startswith("random:") else "") + base
+
+
+def _forest_figure(p: dict, rid: str) -> str:
+    rows = []
+    for inp in p["inputs"]:
+        ci = inp.get("ci") or [None, None]
+        if not (S.is_num(ci[0]) and S.is_num(ci[1])):
+            ci = [inp["effect"] - 1.96 * inp["se"], inp["effect"] + 1.96 * inp["se"]]
+        rows.append({"label": inp["model"], "short": _short_spec(inp["model"]),
+                     "effect": inp["effect"], "lo": ci[0], "hi": ci[1]})
+    where = " · ".join(x for x in (p.get("phase"), p.get("family")) if x) or p["claim"]
+    scope = "" if p.get("scope") == "models" else f" ({p['scope']})"
+    svg = forest_svg(rows, p["effect"], p["ci"], p["prediction_interval"],
+                     direction=p.get("direction") or "greater", min_effect=p.get("min_effect") or 0.0,
+                     title=f"{p['claim']} pooled over {p['k']} models{scope}: {where}",
+                     pooled_label=f"pooled ({p['k']} models)")
+    _, fg = POOLED_COLOURS[p["verdict"]]
+    twin = p.get("twin")
+    twin_txt = (f" · random twins: {twin['verdict']} (effect {S.fmt_signed(twin['effect'])}, "
+                f"τ² {S.fmt(twin['tau2'])})" if twin else "")
+    return (f'<figure style="border-left-color:{fg}"><figcaption><a href="#{rid}"><b>{e(where)}</b>'
+            f'{e(scope)}</a> <span style="color:{fg};font-weight:650">{e(p["verdict"])}</span><br>'
+            f'<span class="num">τ² {e(S.fmt(p["tau2"]))} · I² {p["i2"]:.0%} · Q p '
+            f'{e(S.fmt_p(p.get("q_p")))}{e(twin_txt)}</span></figcaption>{svg}</figure>')
 
 
 # -- run metadata --------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 from . import summary as S
 
 MARK = {"SUPPORTED": "✅", "REFUTED": "❌", "INCONCLUSIVE": "❔", "N/A": "➖", "MIXED": "◐"}
+POOLED_MARK = {"GENERAL": "🟢", "HETEROGENEOUS": "🔷", "ABSENT": "🔴", "INCONCLUSIVE": "🟡",
+               "MIXED": "◐", "N/A": "➖"}
 
 
 def cell_text(text) -> str:
@@ -60,17 +62,29 @@ def render_markdown(doc: dict) -> str:
     out += ["", "## Claims × models", ""]
     rows = [[f"[{cell_text(c.id)}](#{_anchor(c.id)})"] + [_cell(cells[(c.id, m)]) for m in models]
             for c in claims]
-    out += _table(["claim"] + [f"`{cell_text(m)}`" for m in models], rows)
+    header = ["claim"] + [f"`{cell_text(m)}`" for m in models]
+    pcells = S.pooled_cells(doc)
+    if S.pooled(doc):  # the column "all models": pooled verdicts over the models
+        header.append(f"**{S.ALL_MODELS}**")
+        for row, c in zip(rows, claims):
+            row.append(_pooled_cell(pcells.get(c.id)))
+    out += _table(header, rows)
     out += ["", "**Legend.** " + " · ".join(f"{MARK[s]} {s}" for s in S.STATES)
             + " (MIXED: applicable records disagree). Counts: S supported, R refuted, "
             f"I inconclusive, N not applicable. {S.TWIN_FLAG}n: n SUPPORTED records also SUPPORTED on the "
             f"random-init twin (likely artifacts). {S.HOLM_FLAG}n: n supported records that do not "
             "survive Holm adjustment over the session.", ""]
+    if S.pooled(doc):
+        out += [f"**{S.ALL_MODELS}:** each claim × phase × family decided on three or more models, "
+                "pooled by random effects (revisions of one repository count once). "
+                + " · ".join(f"{POOLED_MARK[v]} **{v}**: {S.POOLED_MEANING[v]}"
+                             for v in S.POOLED_VERDICTS) + ".", ""]
     for c in claims:
         out += [f"## {c.id}", "", f"> {inline(c.statement)}", "",
                 f"- **statistic:** {inline(c.statistic)}",
                 f"- **null:** {inline(c.null)}",
                 f"- **supported when:** p ≤ α and {S.direction_text(c.direction, c.min_effect)}", ""]
+        out += _pooled_table(doc, c)
         for m in models:
             recs = S.records_for(doc, c.id, m)
             if not recs:
@@ -111,3 +125,43 @@ def render_markdown(doc: dict) -> str:
                   mrows, "llrlll")
     out.append("")
     return "\n".join(out)
+
+
+def _pooled_cell(pc) -> str:
+    if pc is None:
+        return "fewer than 3 models"
+    text = f"{POOLED_MARK[pc.state]} **{pc.state}** {pc.counts_text()}"
+    if pc.twin_artifacts:
+        text += f" {S.TWIN_FLAG}{pc.twin_artifacts}"
+    return text
+
+
+def _pooled_table(doc: dict, c: S.ClaimInfo) -> list[str]:
+    """The claim's pooled records (every scope) as one table."""
+    recs = S.pooled_for(doc, c.id)
+    if not recs:
+        return []
+    pc = S.pooled_cells(doc).get(c.id)
+    head = f"### {c.id} pooled over {S.ALL_MODELS}"
+    if pc is not None:
+        head += f" — {pc.state} ({pc.counts_text(', ')})"
+    keys = [k for k in ("phase", "family") if any(p.get(k) is not None for p in recs)]
+    scoped = any(p.get("scope") != "models" for p in recs)
+    rows = []
+    for p in recs:
+        twin = p.get("twin")
+        twin_text = twin["verdict"] if twin else "—"
+        if p.get("twin_artifact"):
+            twin_text += f" {S.TWIN_FLAG}"
+        rows.append(([cell_text(p.get("scope"))] if scoped else [])
+                    + [cell_text(p.get(k) or "—") for k in keys]
+                    + [str(p["k"]), S.fmt_signed(p["effect"]), S.fmt_ci(p["ci"]), S.fmt(p["tau2"]),
+                       f"{p['i2']:.0%}", S.fmt_ci(p["prediction_interval"]),
+                       cell_text(f"{POOLED_MARK[p['verdict']]} {p['verdict']}"),
+                       cell_text(twin_text), str(len(p.get("left_out") or []))])
+    return [head, "", f"{inline(recs[0]['method'])}. Effects are oriented (claimed direction "
+            "positive, null 0); forest plots are in verdicts.html.", ""] + _table(
+        (["scope"] if scoped else []) + keys + ["models", "pooled effect", "interval", "τ²", "I²",
+                                                "prediction interval", "verdict", "random twins",
+                                                "left out"],
+        rows, "l" * ((1 if scoped else 0) + len(keys)) + "rrrrrrllr") + [""]

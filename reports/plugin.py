@@ -24,8 +24,8 @@ from probes.errors import NotApplicable
 from probes.evidence import Claim, Evidence, decide
 from probes.stats import holm
 from reports import checkpoints
+from reports.schema import SCHEMA_ID as SCHEMA
 
-SCHEMA = "strata.verdicts/1"
 RECORD_KEY = "strata_record"
 MODEL_KEY = "strata_model"
 
@@ -147,7 +147,7 @@ def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) 
         "effect": None, "min_effect": claim.min_effect, "ci": [None, None], "p": None,
         "p_holm": None, "holm_survives": None, "verdict": verdict, "reason": reason,
         "twin": None, "twin_artifact": None, "profile": None, "matrix": None, "extra": {},
-        "role": "twin" if is_twin else "model",
+        "se": None, "role": "twin" if is_twin else "model",
         "twin_of": model.spec[len("random:"):] if is_twin else None,
         "nodeid": item.nodeid,
     }
@@ -158,7 +158,7 @@ def _record(item, claim: Claim, ev: Evidence | None, verdict: str, reason: str) 
             "effect": _num(ev.effect), "ci": [_num(ev.ci[0]), _num(ev.ci[1])], "p": _num(ev.p),
             "profile": ev.profile.to_json() if ev.profile is not None else None,
             "matrix": ev.matrix.to_json() if ev.matrix is not None else None,
-            "extra": _jsonable(ev.extra),
+            "extra": _jsonable(ev.extra), "se": _num(ev.standard_error),
         })
     return rec
 
@@ -260,9 +260,14 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
     run_models = sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"]))
-    # revisions of one hub model: their checkpoint order (reports.checkpoints)
-    checkpoints.annotate(run_models, list(dict.fromkeys(config.getoption("model") or [])))
-    return {
+    # revisions of one hub model: their checkpoint order (reports.checkpoints), in the order
+    # given (--model, then the --models zoo files; read here: under xdist the controller has no
+    # session object)
+    from probes.zoo import read_zoo
+    given = [*(config.getoption("model") or []),
+             *(spec for path in config.getoption("models") or [] for spec in read_zoo(path))]
+    checkpoints.annotate(run_models, list(dict.fromkeys(given)))
+    doc = {
         "schema": SCHEMA,
         "run": {
             "harness_commit": _git_commit(config.rootpath),
@@ -277,6 +282,9 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         "records": models,
         "twin_records": twins,
     }
+    from reports.pooled import pooled_records
+    doc["pooled"] = pooled_records(doc)
+    return doc
 
 
 def _dedup_matrices(records: list[dict]) -> None:

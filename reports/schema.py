@@ -1,5 +1,12 @@
 """The ``verdicts.json`` contract (SPEC §7) and a validator for it.
 
+Versions: ``strata.verdicts/2`` (written now) adds the ``pooled`` list (random-effects records
+over the models of a run, ``reports/pooled.py``) and each record's ``se``; ``strata.verdicts/1``
+documents (no ``pooled``) are still read and validated. A pooled record's verdict is GENERAL
+(its prediction interval lies in the claim's supported region), ABSENT (its pooled interval
+lies outside it), else HETEROGENEOUS (the models differ: Cochran's Q p ≤ α) or INCONCLUSIVE:
+``probes/meta_analysis.py`` and the README ("Pooled over models").
+
 ``SCHEMA`` is a JSON Schema (a plain subset: ``type``, ``properties``, ``required``,
 ``additionalProperties``, ``items``, ``enum``, ``const``, ``minItems``, ``maxItems``), so any
 JSON Schema tool can check a report against it. :func:`validate` implements exactly that subset
@@ -14,8 +21,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SCHEMA_ID = "strata.verdicts/1"
+SCHEMA_ID = "strata.verdicts/2"
+SCHEMA_IDS = ("strata.verdicts/1", "strata.verdicts/2")  # readers accept both; writers write /2
 VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A")
+POOLED_VERDICTS = ("GENERAL", "HETEROGENEOUS", "ABSENT", "INCONCLUSIVE")
 DIRECTIONS = ("greater", "less", "two-sided", "equivalent")
 
 _NUM = {"type": ["number", "null"]}
@@ -85,6 +94,60 @@ RECORD = {
         "twin_artifact": {"type": ["boolean", "null"]},
         "matrix": MATRIX,
         "extra": {"type": ["object", "null"]},
+        "se": _NUM,  # strata.verdicts/2: the standard error the interval is built on
+    },
+}
+
+_INTERVAL = {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}
+
+POOLED_INPUT = {
+    "type": "object",
+    "required": ["model", "effect", "se"],
+    "properties": {"model": {"type": "string"}, "effect": {"type": "number"},
+                   "se": {"type": "number"}, "verdict": {"enum": list(VERDICTS)}},
+}
+
+_POOLED_NUMBERS = {
+    "k": {"type": "integer"},
+    "method": {"type": "string"},
+    "effect": {"type": "number"},
+    "se": {"type": "number"},
+    "ci": _INTERVAL,
+    "ci_level": {"type": "number"},
+    "tau2": {"type": "number"},
+    "tau": {"type": "number"},
+    "i2": {"type": "number"},
+    "q": {"type": "number"},
+    "q_p": {"type": "number"},
+    "prediction_interval": _INTERVAL,
+    "pi_level": {"type": "number"},
+    "fixed_effect": {"type": "number"},
+    "verdict": {"enum": list(POOLED_VERDICTS)},
+    "reason": {"type": "string"},
+    "inputs": {"type": "array", "items": POOLED_INPUT, "minItems": 3},
+    "left_out": {"type": "array", "items": {
+        "type": "object", "required": ["model", "reason"],
+        "properties": {"model": {"type": "string"}, "reason": {"type": "string"}}}},
+}
+_POOLED_REQUIRED = ["method", "effect", "ci", "tau2", "i2", "prediction_interval", "verdict",
+                    "inputs"]
+
+POOLED = {
+    "type": "object",
+    "required": ["claim", "phase", "family", "scope", *_POOLED_REQUIRED, "twin"],
+    "properties": {
+        "claim": {"type": "string"},
+        "statement": {"type": "string"},
+        "phase": _STR_OR_NULL,
+        "family": _STR_OR_NULL,
+        "scope": {"type": "string"},
+        "direction": {"enum": list(DIRECTIONS)},
+        "min_effect": {"type": "number"},
+        **_POOLED_NUMBERS,
+        "twin": {"type": ["object", "null"], "required": _POOLED_REQUIRED,
+                 "properties": _POOLED_NUMBERS},
+        "twin_artifact": {"type": ["boolean", "null"]},
+        "twin_reason": {"type": "string"},
     },
 }
 
@@ -109,7 +172,7 @@ SCHEMA: dict = {
     "type": "object",
     "required": ["schema", "run", "records"],
     "properties": {
-        "schema": {"const": SCHEMA_ID},
+        "schema": {"enum": list(SCHEMA_IDS)},
         "run": {
             "type": "object",
             "required": ["harness_commit", "started", "versions", "alpha", "seed", "models",
@@ -130,6 +193,7 @@ SCHEMA: dict = {
             },
         },
         "records": {"type": "array", "items": RECORD},
+        "pooled": {"type": "array", "items": POOLED},
     },
 }
 
@@ -153,6 +217,27 @@ def semantic_errors(doc: dict) -> list[str]:
     every record's model appears in run.models, profile lists have matching lengths."""
     errors: list[str] = []
     specs = {m.get("spec") for m in doc["run"]["models"]}
+    if doc["schema"] != SCHEMA_IDS[0] and "pooled" not in doc:
+        errors.append(f"$: a {doc['schema']} report needs 'pooled' (an empty list when no claim "
+                      f"has three models)")
+    for i, p in enumerate(doc.get("pooled") or []):
+        where = f"$.pooled[{i}] ({p.get('claim')} / {p.get('scope')} / {p.get('phase')} / {p.get('family')})"
+        for side, body in (("", p), ("twin.", p.get("twin"))):
+            if not body:
+                continue
+            for name in ("effect", "tau2", "i2"):
+                if not _finite(body[name]):
+                    errors.append(f"{where}: {side}{name} must be finite, got {body[name]!r}")
+            lo, hi = body["ci"]
+            plo, phi = body["prediction_interval"]
+            if not (lo <= body["effect"] <= hi and plo <= lo and hi <= phi):
+                errors.append(f"{where}: {side}intervals must nest: prediction "
+                              f"[{plo}, {phi}] ⊇ pooled [{lo}, {hi}] ∋ effect {body['effect']}")
+            if body["tau2"] < 0 or not 0 <= body["i2"] <= 1:
+                errors.append(f"{where}: {side}tau2 ≥ 0 and i2 in [0, 1] required")
+            for inp in body["inputs"]:
+                if inp["model"] not in specs:
+                    errors.append(f"{where}: input model {inp['model']!r} is not described in run.models")
     for i, rec in enumerate(doc["records"]):
         where = f"$.records[{i}] ({rec.get('claim')} / {rec.get('model')} / {rec.get('phase')} / {rec.get('family')})"
         if rec["model"] not in specs:
@@ -188,6 +273,7 @@ def validate(doc: Any) -> dict:
     if errors:
         shown = errors[:10]
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise ValueError(f"not a valid {SCHEMA_ID} report ({len(errors)} problem"
+        name = doc.get("schema") if isinstance(doc, dict) and doc.get("schema") in SCHEMA_IDS else SCHEMA_ID
+        raise ValueError(f"not a valid {name} report ({len(errors)} problem"
                          f"{'s' if len(errors) != 1 else ''}):\n  " + "\n  ".join(shown) + more)
     return doc

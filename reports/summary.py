@@ -287,3 +287,67 @@ def phase_ranges(phases: dict) -> list[tuple[str, int, int]]:
             prev = x
         out.append((name, start, prev))
     return sorted(out, key=lambda t: t[1])
+
+
+# -- pooled over models (strata.verdicts/2 ``pooled``) ----------------------------------------
+ALL_MODELS = "all models"
+POOLED_VERDICTS = ("GENERAL", "HETEROGENEOUS", "ABSENT", "INCONCLUSIVE")
+POOLED_ABBREV = {"GENERAL": "G", "HETEROGENEOUS": "H", "ABSENT": "A", "INCONCLUSIVE": "I",
+                 "MIXED": "M"}
+POOLED_MEANING = {
+    "GENERAL": "the prediction interval lies in the claim's region: a new model is expected to show it",
+    "HETEROGENEOUS": "neither general nor absent, and the models differ beyond their standard "
+                     "errors (Cochran's Q p ≤ α): whether it holds depends on the model",
+    "ABSENT": "the pooled interval lies outside the region: the average model does not show it",
+    "INCONCLUSIVE": "neither, with no evidence that the models differ: more models needed",
+}
+
+
+@dataclass
+class PooledCell:
+    """All across-models pooled records of one claim (its phases × families)."""
+
+    claim: str
+    counts: dict = field(default_factory=lambda: {v: 0 for v in POOLED_VERDICTS})
+    twin_artifacts: int = 0
+    models: int = 0  # the most models any of its records pools
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def state(self) -> str:
+        present = [v for v in POOLED_VERDICTS if self.counts[v]]
+        if not present:
+            return "N/A"
+        return present[0] if len(present) == 1 else "MIXED"
+
+    def counts_text(self, sep: str = " ") -> str:
+        parts = [f"{self.counts[v]}{POOLED_ABBREV[v]}" for v in POOLED_VERDICTS if self.counts[v]]
+        return sep.join(parts) if parts else "—"
+
+
+def pooled(doc: dict, scope: str | None = "models") -> list[dict]:
+    """The report's pooled records (of one scope; None: all), [] for a strata.verdicts/1 one."""
+    return [p for p in doc.get("pooled") or [] if scope is None or p.get("scope") == scope]
+
+
+def pooled_cells(doc: dict) -> dict:
+    """{claim: PooledCell} over the across-models pooled records (claims without any absent)."""
+    out: dict[str, PooledCell] = {}
+    for p in pooled(doc):
+        c = out.setdefault(p["claim"], PooledCell(p["claim"]))
+        c.counts[p["verdict"]] += 1
+        c.twin_artifacts += bool(p.get("twin_artifact"))
+        c.models = max(c.models, int(p.get("k") or len(p.get("inputs") or [])))
+    return out
+
+
+def pooled_for(doc: dict, claim: str) -> list[dict]:
+    """A claim's pooled records, every scope, across-models first, then by phase and family."""
+    def key(p):
+        ph, fam = p.get("phase"), p.get("family")
+        fi = (-1 if fam is None else FAMILY_ORDER.index(fam) if fam in FAMILY_ORDER else len(FAMILY_ORDER))
+        return (p.get("scope") != "models", str(p.get("scope")), str(ph), fi, str(fam))
+    return sorted((p for p in pooled(doc, None) if p["claim"] == claim), key=key)

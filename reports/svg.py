@@ -1,7 +1,7 @@
 """Small inline-SVG plots for the HTML report: a profile across depth with phase bands and the
-null, an L×L heatmap with phase boundaries, and records' effects across training checkpoints.
-No ids, no external references, every text escaped — each plot is an independent ``<svg>``
-element that can be pasted anywhere.
+null, an L×L heatmap with phase boundaries, records' effects across training checkpoints, and a
+forest plot of one claim's effects pooled over models. No ids, no external references, every
+text escaped — each plot is an independent ``<svg>`` element that can be pasted anywhere.
 """
 
 from __future__ import annotations
@@ -311,6 +311,145 @@ def heatmap_svg(layers: Sequence[int], values: Sequence[Sequence[float | None]],
                    f'{escape(_clip(label, 48))}</text>')
     out.append("</svg>")
     return "".join(out)
+
+
+# -- forest plot (pooled over models) --------------------------------------------------------
+REGION_FILL = "#e3f3e8"   # where an effect shows the claim
+MIN_LINE = "#b83227"
+DIAMOND = "#1d2330"
+PI_LINE = "#7a4fb5"
+
+
+def _region_spans(direction: str, m: float, x0: float, x1: float) -> list[tuple[float, float]]:
+    """The claim's supported region clipped to [x0, x1]: [m, ∞) for greater/less, |x| ≥ m for
+    two-sided, (−m, m) for equivalent."""
+    if direction in ("greater", "less"):
+        spans = [(m, x1)]
+    elif direction == "two-sided":
+        spans = [(x0, -m), (m, x1)]
+    elif direction == "equivalent":
+        spans = [(-m, m)]
+    else:
+        spans = []
+    return [(max(a, x0), min(b, x1)) for a, b in spans if min(b, x1) > max(a, x0)]
+
+
+def forest_svg(rows: Sequence[dict], effect: float, ci: Sequence[float],
+               prediction: Sequence[float], *, direction: str = "greater",
+               min_effect: float = 0.0, width: int = 620, title: str = "",
+               pooled_label: str = "pooled", css_class: str = "forest") -> str:
+    """A forest plot: one row per model (``rows``: ``label``, optional ``short`` label to show,
+    ``effect``, ``lo``, ``hi``; a square at the effect, a whisker over its interval), then the pooled estimate as a diamond
+    over its interval and the prediction interval as a bar below it; the null (0) as a grey
+    line, the minimum effect(s) as dashed red lines, and the claim's supported region shaded.
+    A prediction interval far wider than the rest is clipped at the plot's edge, with an arrow."""
+    row_h, top, bottom = 17, 18, 26
+    label_w, num_w = 190, 170
+    plot_w = width - label_w - num_w
+    n = len(rows)
+    height = top + (n + 2) * row_h + 10 + bottom
+    core = [0.0, effect, *ci]
+    for r in rows:
+        core += [v for v in (r.get("effect"), r.get("lo"), r.get("hi")) if is_num(v)]
+    marks = [min_effect] if direction in ("greater", "less") else [-min_effect, min_effect]
+    core += [v for v in marks if is_num(v)]
+    lo_c, hi_c = min(core), max(core)
+    span = (hi_c - lo_c) or 1.0
+    # the prediction interval shows in full unless it would squash the rest below a third
+    x0 = max(min(lo_c, prediction[0]), lo_c - span)
+    x1 = min(max(hi_c, prediction[1]), hi_c + span)
+    pad = (x1 - x0) * 0.04
+    x0, x1 = x0 - pad, x1 + pad
+
+    def sx(x):
+        return label_w + (min(max(x, x0), x1) - x0) / (x1 - x0) * plot_w
+
+    def fy(i):  # centre of row i
+        return top + i * row_h + row_h / 2
+
+    out = [f'<svg class="{escape(css_class)}" viewBox="0 0 {width} {height}" width="{width}" '
+           f'height="{height}" role="img" style="{FONT}">']
+    if title:
+        out.append(f"<title>{escape(title)}</title>")
+    plot_bottom = top + (n + 2) * row_h + 4
+    for a, b in _region_spans(direction, min_effect, x0, x1):
+        out.append(f'<rect class="region" x="{sx(a):.1f}" y="{top - 4}" width="{sx(b) - sx(a):.1f}" '
+                   f'height="{plot_bottom - top + 4}" fill="{REGION_FILL}"/>')
+    for t in nice_ticks(x0, x1, 5):
+        x = sx(t)
+        out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{plot_bottom}" y2="{plot_bottom + 3}" stroke="{AXIS}"/>')
+        out.append(f'<text x="{x:.1f}" y="{plot_bottom + 13}" font-size="9" text-anchor="middle" '
+                   f'fill="{AXIS}">{escape(tick_label(t))}</text>')
+    out.append(f'<line x1="{label_w}" x2="{label_w + plot_w}" y1="{plot_bottom}" y2="{plot_bottom}" stroke="#bbb"/>')
+    if x0 <= 0 <= x1:
+        out.append(f'<line class="null" x1="{sx(0):.1f}" x2="{sx(0):.1f}" y1="{top - 4}" '
+                   f'y2="{plot_bottom}" stroke="{NULL_LINE}" stroke-width="1"/>')
+    for v in marks:
+        if is_num(v) and x0 <= v <= x1 and v != 0:
+            out.append(f'<line class="min-effect" x1="{sx(v):.1f}" x2="{sx(v):.1f}" y1="{top - 4}" '
+                       f'y2="{plot_bottom}" stroke="{MIN_LINE}" stroke-width="1" stroke-dasharray="4 3"/>')
+    out.append(f'<text x="{label_w + plot_w}" y="{height - 2}" font-size="9" text-anchor="end" '
+               f'fill="{AXIS}">effect (null 0; dashed: minimum effect; shaded: the claim holds)</text>')
+    # models
+    for i, r in enumerate(rows):
+        y = fy(i)
+        full = str(r.get("label", ""))
+        shown = clip_middle(str(r.get("short") or full), 32)
+        out.append(f'<text x="{label_w - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
+                   f'fill="#1d2330"><title>{escape(full)}</title>{escape(shown)}</text>')
+        e, lo, hi = r.get("effect"), r.get("lo"), r.get("hi")
+        if is_num(lo) and is_num(hi):
+            out.append(f'<line class="model-ci" x1="{sx(lo):.1f}" x2="{sx(hi):.1f}" y1="{y:.1f}" '
+                       f'y2="{y:.1f}" stroke="{LINE}" stroke-width="1.4"/>')
+        if is_num(e):
+            out.append(f'<rect class="model-effect" x="{sx(e) - 3:.1f}" y="{y - 3:.1f}" width="6" '
+                       f'height="6" fill="{LINE}"/>')
+        out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" fill="{AXIS}">'
+                   f'{escape(_interval_text(e, lo, hi))}</text>')
+    # pooled diamond and prediction interval
+    y = fy(n) + 2
+    out.append(f'<line x1="{label_w - 160}" x2="{width - 4}" y1="{y - row_h / 2:.1f}" '
+               f'y2="{y - row_h / 2:.1f}" stroke="#dde1e7"/>')
+    out.append(f'<text x="{label_w - 6}" y="{y + 3:.1f}" font-size="10" font-weight="700" '
+               f'text-anchor="end" fill="{DIAMOND}">{escape(_clip(pooled_label, 30))}</text>')
+    pts = [(sx(ci[0]), y), (sx(effect), y - 5.5), (sx(ci[1]), y), (sx(effect), y + 5.5)]
+    out.append(f'<polygon class="pooled" points="{_pts(pts)}" fill="{DIAMOND}"/>')
+    out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" font-weight="700" '
+               f'fill="{DIAMOND}">{escape(_interval_text(effect, *ci))}</text>')
+    y = fy(n + 1) + 2
+    out.append(f'<text x="{label_w - 6}" y="{y + 3:.1f}" font-size="10" text-anchor="end" '
+               f'fill="{PI_LINE}">prediction interval</text>')
+    a, b = sx(prediction[0]), sx(prediction[1])
+    out.append(f'<line class="prediction" x1="{a:.1f}" x2="{b:.1f}" y1="{y:.1f}" y2="{y:.1f}" '
+               f'stroke="{PI_LINE}" stroke-width="2.2"/>')
+    for end, clipped, sign in ((a, prediction[0] < x0, -1), (b, prediction[1] > x1, 1)):
+        if clipped:
+            out.append(f'<polygon class="clipped" points="{_pts([(end + sign * 6, y), (end, y - 4), (end, y + 4)])}" '
+                       f'fill="{PI_LINE}"/>')
+        else:
+            out.append(f'<line x1="{end:.1f}" x2="{end:.1f}" y1="{y - 4:.1f}" y2="{y + 4:.1f}" '
+                       f'stroke="{PI_LINE}" stroke-width="1.6"/>')
+    out.append(f'<text x="{width - num_w + 12}" y="{y + 3:.1f}" font-size="9.5" fill="{PI_LINE}">'
+               f'{escape(_interval_text(None, *prediction))}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def clip_middle(text: str, n: int) -> str:
+    """``text`` cut to ``n`` characters in the middle (model specs differ at their ends)."""
+    if len(text) <= n:
+        return text
+    head = (n - 1) // 2
+    return text[:head] + "…" + text[len(text) - (n - 1 - head):]
+
+
+def _interval_text(e, lo, hi) -> str:
+    def f(x):
+        if not is_num(x):
+            return "—"
+        return f"{x:+.3g}" if abs(x) >= 1e-3 or x == 0 else f"{x:+.1e}"
+    inner = f"[{f(lo)}, {f(hi)}]"
+    return inner if e is None else f"{f(e)} {inner}"
 
 
 # -- across checkpoints --------------------------------------------------------------------

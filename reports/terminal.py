@@ -64,6 +64,11 @@ def render_matrix(doc: dict, width: int = 100) -> str:
     abbr = S.abbreviations(models)
     claim_w = min(max(len("claim"), *(len(c) for c in claims)), max(width // 3, 12))
     variants = {k: cell_variants(c) for k, c in cells.items()}
+    pooled = pooled_column(doc, claims)
+    if pooled:  # the pooled verdict over the models: one more column, after the models
+        models = [*models, S.ALL_MODELS]
+        abbr[S.ALL_MODELS] = POOLED_HEADER
+        variants.update({(c, S.ALL_MODELS): v for c, v in pooled.items()})
 
     def col_width(level: int, m: str) -> int:
         return max(len(abbr[m]), *(len(variants[(c, m)][min(level, len(variants[(c, m)]) - 1)])
@@ -101,11 +106,40 @@ def render_matrix(doc: dict, width: int = 100) -> str:
                 row += " " * GAP + v[min(level, len(v) - 1)].ljust(widths[m])
             lines.append(row.rstrip()[:width])
         lines.append("")
-    lines += pack([f"{abbr[m]} = {m}" for m in models], width)
+    lines += pack([f"{abbr[m]} = {m}" for m in models if m != S.ALL_MODELS], width)
     key = ("cell: state (S supported, R refuted, I inconclusive, N n/a, M mixed) then counts "
            "per verdict" if level == 0 else
            "cell: state (S supported, R refuted, I inconclusive, N n/a, M mixed) then "
            "supported/records")
     key += f"; {TWIN}n: supported on the model and on its random-init twin (artifact?); {HOLM}n: support not surviving Holm"
     lines += textwrap.wrap(key, width=width, break_on_hyphens=False)
+    if pooled:
+        lines += textwrap.wrap(POOLED_KEY, width=width, break_on_hyphens=False)
     return "\n".join(line[:width] for line in lines)
+
+
+POOLED_HEADER = "all"
+POOLED_KEY = (f"{POOLED_HEADER}: pooled over >= 3 models (random effects): G general, "
+              f"H heterogeneous, A absent, I inconclusive, M mixed (README: how to read a pooled "
+              f"verdict), then counts per pooled record; {TWIN}n: its random-init twins pool to "
+              f"support too (artifact?)")
+
+
+def pooled_column(doc: dict, claims: list[str]) -> dict:
+    """{claim: cell texts, most to least detailed} for the "all models" column ({} when the
+    report has no pooled record)."""
+    cells = S.pooled_cells(doc)
+    if not cells:
+        return {}
+    out = {}
+    for c in claims:
+        pc = cells.get(c)
+        if pc is None:
+            out[c] = ["< 3 models", "-"]
+            continue
+        st = S.POOLED_ABBREV[pc.state]
+        flag = f" {TWIN}{pc.twin_artifacts}" if pc.twin_artifacts else ""
+        out[c] = [f"{st} {pc.counts_text()}{flag}", f"{st} {pc.counts['GENERAL']}/{pc.total}{flag}",
+                  f"{st} {pc.counts['GENERAL']}/{pc.total}{TWIN if pc.twin_artifacts else ''}",
+                  st + (TWIN if pc.twin_artifacts else "")]
+    return out

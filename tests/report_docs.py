@@ -155,8 +155,8 @@ def make_doc(seed: int = 0) -> dict:
             if r[k] is not None:
                 r[k] = float(r[k])
         r["ci"] = [None if x is None else float(x) for x in r["ci"]]
-    return {
-        "schema": "strata.verdicts/1",
+    doc = {
+        "schema": "strata.verdicts/2",
         "run": {"harness_commit": "acdd2a6f00d1e2c3b4a5968778695a4b3c2d1e0f",
                 "started": "2025-01-01T10:00:00+00:00", "finished": "2025-01-01T10:03:12+00:00",
                 "versions": {"python": "3.11.9", "torch": "2.13.0", "transformers": "5.23.0",
@@ -166,6 +166,93 @@ def make_doc(seed: int = 0) -> dict:
         "records": records,
         "twin_records": [],
     }
+    from reports.pooled import pooled_records
+    doc["pooled"] = pooled_records(doc)  # two models: nothing has three, so []
+    return doc
+
+
+def as_version_1(doc: dict) -> dict:
+    """The same report as a strata.verdicts/1 writer wrote it (no pooled list, no se)."""
+    out = copy.deepcopy(doc)
+    out["schema"] = "strata.verdicts/1"
+    out.pop("pooled", None)
+    for r in out["records"]:
+        r.pop("se", None)
+    return out
+
+
+# -- a zoo: several models, revisions of one repository, twins ----------------------------------
+ZOO = (  # spec, architecture, layers, effect of claim "zoo-greater" (phase C), its se
+    ("org/alpha", "llama", 12, 0.30, 0.02),
+    ("org/alpha@step1000", "llama", 12, 0.05, 0.02),
+    ("org/alpha@step2000", "llama", 12, 0.15, 0.02),
+    ("org/alpha@step3000", "llama", 12, 0.28, 0.02),
+    ("org/beta", "qwen2", 12, 0.35, 0.03),
+    ("org/gamma", "mistral", 12, 0.25, 0.025),
+    ("org/delta", "qwen3", 12, 0.40, 0.02),
+    ("org/delta-copy", "qwen3", 12, 0.40, 0.02),  # the same weights under another spec
+)
+ZOO_GREATER = Claim("zoo-greater", "A planted effect of about 0.3 holds across models.",
+                    "planted statistic", "zero", "greater", 0.1)
+ZOO_TWO_SIDED = Claim("zoo-two-sided", "Per family, the effect differs from 0 by 0.05 or more.",
+                      "planted statistic", "zero", "two-sided", 0.05)
+ZOO_EQUIV = Claim("zoo-equivalent", "The effect is within ±0.02 of 0.", "planted statistic",
+                  "zero", "equivalent", 0.02)
+
+
+def _zoo_evidence(effect: float, se: float) -> Evidence:
+    from scipy.stats import norm
+    return Evidence(observed=effect, null_kind="zero", null_mean=0.0, null_sd=se, effect=effect,
+                    ci=(effect - 1.96 * se, effect + 1.96 * se), p=float(norm.sf(effect / se)))
+
+
+def make_zoo_doc() -> dict:
+    """Eight model specs of six distinct weights: ``org/alpha`` with three revisions, a copy of
+    ``org/delta`` under another spec (same fingerprint), one N/A record; twins with distinct
+    weights per architecture except the two qwen3 ones (one config: one twin). The pooled
+    section is computed by ``reports.pooled`` like a run's."""
+    rng = np.random.default_rng(7)
+    phases = {"A": [0, 1], "C": [2, 3, 4, 5, 6], "E": [7, 8, 9, 10, 11]}
+    models, records, twins = [], [], []
+    for spec, arch, n, eff, se in ZOO:
+        fp = "fp-" + spec.replace("-copy", "")
+        models.append({"spec": spec, "architecture": arch, "num_layers": n, "fingerprint": fp,
+                       "phases": phases, "role": "model"})
+        models.append({"spec": "random:" + spec, "architecture": arch, "num_layers": n,
+                       "fingerprint": "twin-" + arch, "phases": phases, "role": "twin"})
+        cases = [(ZOO_GREATER, "C", None, eff, se), (ZOO_GREATER, "E", None, eff - 0.25, se)]
+        cases += [(ZOO_TWO_SIDED, "C", fam, (0.2 if fam == "q_proj" else 0.0) + rng.normal(0, 0.01), 0.01)
+                  for fam in ("q_proj", "k_proj")]
+        cases += [(ZOO_EQUIV, "C", None, rng.normal(0, 0.003), 0.004)]
+        for claim, phase, fam, e, s in cases:
+            na = spec == "org/gamma" and claim is ZOO_EQUIV
+            ev = None if na else _zoo_evidence(float(e), s)
+            rec = _record(claim, spec, phase, fam, ev, na_reason="phase C has no heads")
+            rec["se"] = None if ev is None else s
+            rec["nodeid"] = f"hypotheses/test_{claim.id}.py::t[{spec}-{phase}-{fam}]"
+            records.append(rec)
+            artifact = claim is ZOO_TWO_SIDED and fam == "q_proj"  # random init shows it too
+            tev = _zoo_evidence(float(rng.normal(0, s)) + (0.2 if artifact else 0.0), s)
+            trec = _record(claim, "random:" + spec, phase, fam, tev)
+            trec.update(role="twin", twin_of=spec, se=s,
+                        nodeid=f"hypotheses/test_{claim.id}.py::t[random:{spec}-{phase}-{fam}]")
+            twins.append(trec)
+    for r in records:
+        r["p_holm"] = r["p"]
+        for k in ("observed", "effect", "p", "p_holm"):
+            if r[k] is not None:
+                r[k] = float(r[k])
+        r["ci"] = [None if x is None else float(x) for x in r["ci"]]
+    for t in twins:
+        t["ci"] = [float(x) for x in t["ci"]]
+    doc = {"schema": "strata.verdicts/2",
+           "run": {"harness_commit": "0" * 40, "started": "2025-02-01T09:00:00+00:00",
+                   "versions": {"python": "3.11.9"}, "alpha": ALPHA, "seed": 0,
+                   "models": models, "calibration": None},
+           "records": records, "twin_records": twins}
+    from reports.pooled import pooled_records
+    doc["pooled"] = pooled_records(doc)
+    return doc
 
 
 def variant(doc: dict, **changes) -> dict:

@@ -115,6 +115,17 @@ def test_embedding_rows_equal_the_matrix_rows(tmp_path):
                                rtol=0, atol=0)
 
 
+def test_pad_token_beyond_the_rows_in_use(tmp_path):
+    """A config whose pad_token_id lies past the embedding rows kept (Qwen2.5: 151643) streams
+    like the whole model (the pad id only masks gradients)."""
+    cfg = tiny_config("qwen2", num_layers=2, pad_token_id=255)
+    model = open_model(str(write_checkpoint((cfg, random_state_dict(cfg, seed=2)), tmp_path / "p")))
+    tc = _corpus(model, 200)
+    assert max(max(s) for s in activations.windows(tc, 64)) < 255
+    assert_same_statistics(activations.compute(model, tc, top_k=4),
+                           activations.compute_hooked(model, tc, top_k=4))
+
+
 def test_bad_input_is_one_line_error(tmp_path):
     model = open_model("synthetic:tiny-llama")
     stream = LayerStream(model)

@@ -52,7 +52,9 @@ def test_report_contract_and_planted_verdicts(tmp_path):
     res = run_pytest([*WEIGHT_CLAIMS, "--model=synthetic:planted-adjacent"], tmp_path / "c",
                      tmp_path / "r")
     doc = records(tmp_path / "r")
-    assert doc["schema"] == "strata.verdicts/1"
+    assert doc["schema"] == "strata.verdicts/2"
+    assert doc["pooled"] == []  # one model: nothing to pool
+    assert all(r["se"] is None if r["verdict"] == "N/A" else r["se"] > 0 for r in doc["records"])
     for key in ("harness_commit", "started", "versions", "alpha", "seed", "models", "calibration"):
         assert key in doc["run"]
     model = doc["run"]["models"][0]
@@ -204,3 +206,42 @@ def test_head_gram_adjacent_gives_the_same_verdicts_without_the_layer_matrix(tmp
     # (the report keeps one copy of a matrix per model, on its first record)
     assert any(m is not None for m in matrices["full"])
     assert all(m is None for m in matrices["adj"]) and matrices["adj"]
+
+
+
+ZOO_SPECS = ["synthetic:tiny-llama", "synthetic:tiny-mistral", "synthetic:tiny-qwen2"]
+ZOO_PHASES = "--phases=A:0-3,B:4-7"  # two phases of 3 adjacent pairs on the 8-layer tiny models
+
+
+def test_zoo_file_run_and_merge_of_single_runs_give_the_same_pooled_records(pytester, tmp_path):
+    """``--models FILE`` runs a zoo; ``reports.merge`` of three single-model runs gives the same
+    pooled records as the one three-model run. The real claim ``adjacent-far-from-null`` on three
+    tiny architectures (three distinct random-init twins, pooled beside), run in-process."""
+    from probes.models import open_model
+    from reports.merge import main as merge
+    # pytester drops the modules a run imported when it ends; transformers' model modules do not
+    # survive a second import in one process (torch registers their ops once), so import them
+    # here, before the runs, by opening the models and their twins once
+    for spec in ZOO_SPECS:
+        open_model(spec).describe()
+        open_model("random:" + spec).describe()
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugin", "reports.plugin"]')
+    pytester.makepyfile(test_adjacent=(ROOT / WEIGHT_CLAIMS[0]).read_text())
+    common = [ZOO_PHASES, f"--cache-dir={tmp_path / 'cache'}", "-p", "no:cacheprovider"]
+    singles = []
+    for i, spec in enumerate(ZOO_SPECS):
+        pytester.runpytest(f"--model={spec}", f"--report-dir={tmp_path / f'single{i}'}", *common)
+        singles.append(str(tmp_path / f"single{i}"))
+    zoo = tmp_path / "zoo.txt"
+    zoo.write_text("# three tiny models\n" + "\n".join(f"{s}   # {i}" for i, s in enumerate(ZOO_SPECS)) + "\n")
+    result = pytester.runpytest(f"--models={zoo}", f"--report-dir={tmp_path / 'zoo'}", *common)
+    result.stdout.fnmatch_lines(["claim * M1 * M2 * M3 * all", "all: pooled over >= 3 models*"])
+    one = records(tmp_path / "zoo")
+    assert [m["spec"] for m in one["run"]["models"] if m["role"] == "model"] == ZOO_SPECS
+    assert merge([*singles, "--out", str(tmp_path / "merged")]) == 0
+    two = records(tmp_path / "merged")
+    assert len(one["pooled"]) >= 14 and one["pooled"] == two["pooled"]
+    assert comparable(one) == comparable(two)
+    assert all(p["k"] == 3 and p["twin"] is not None and p["twin"]["k"] == 3 for p in one["pooled"])
+    html = (tmp_path / "zoo" / "verdicts.html").read_text()
+    assert html.count('<svg class="forest"') == len(one["pooled"])

@@ -119,7 +119,7 @@ def test_validate_accepts_the_fixture_and_extra_fields(doc):
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["records"][3].pop("verdict"), r"records\[3\]: 'verdict' is a required property"),
     (lambda d: d["records"][0].update(verdict="YES"), r"records\[0\]\.verdict: 'YES' is not one of \['SUPPORTED'"),
-    (lambda d: d.update(schema="strata.verdicts/2"), r"\$\.schema: 'strata.verdicts/1' was expected"),
+    (lambda d: d.update(schema="strata.verdicts/3"), r"\$\.schema: 'strata.verdicts/3' is not one of \['strata.verdicts/1', 'strata.verdicts/2'\]"),
     (lambda d: d["run"].pop("alpha"), r"\$\.run: 'alpha' is a required property"),
     (lambda d: d["run"]["models"][0].update(num_layers="30"), r"models\[0\]\.num_layers: '30' is not of type 'integer'"),
     (lambda d: d["records"][1].update(ci=[0.1]), r"records\[1\]\.ci: \[0\.1\] is too short"),
@@ -143,7 +143,7 @@ def test_load_report_names_the_file_when_invalid(tmp_path, doc):
     d = copy.deepcopy(doc)
     del d["records"][0]["claim"]
     (tmp_path / "verdicts.json").write_text(json.dumps(d))
-    with pytest.raises(ValueError, match=r"verdicts\.json: not a valid strata\.verdicts/1 report"):
+    with pytest.raises(ValueError, match=r"verdicts\.json: not a valid strata\.verdicts/2 report"):
         api.load_report(tmp_path)
 
 

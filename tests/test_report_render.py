@@ -349,3 +349,90 @@ def test_profile_without_a_phase_parameter_can_name_its_phases():
     rec["profile"]["highlight"] = ["C", "E"]       # e.g. a claim comparing E with C
     fig = H._profile_figure(rec, "x", doc["run"]["models"][0]["phases"])
     assert fig.count(f'fill="{svg.HIGHLIGHT_FILL}"') == 2
+
+
+# -- pooled over models ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def zoo():
+    from tests.report_docs import make_zoo_doc
+    return make_zoo_doc()
+
+
+@pytest.fixture(scope="module")
+def zoo_page(zoo):
+    return H.render_html(zoo)
+
+
+def test_no_pooled_column_below_three_models(doc, page):
+    assert doc["pooled"] == []
+    assert S.ALL_MODELS not in T.render_matrix(doc) and "all:" not in T.render_matrix(doc)
+    assert "**all models**" not in M.render_markdown(doc)
+    assert 'class="forest"' not in page and 'data-model="all models"' not in page
+
+
+def test_html_pooled_column_and_one_forest_plot_per_pooled_record(zoo, zoo_page):
+    parsed = parse(zoo_page)
+    assert parsed.errors == [] and parsed.stack == []
+    test_internal_links_resolve(parsed)
+    cells = {a["data-claim"]: a.get("data-state") for tag, a in parsed.tags
+             if tag == "td" and a.get("data-model") == S.ALL_MODELS}
+    assert cells == {"zoo-equivalent": "INCONCLUSIVE", "zoo-greater": "HETEROGENEOUS",
+                     "zoo-two-sided": "MIXED"}
+    assert {p["verdict"] for p in zoo["pooled"]} == set(S.POOLED_VERDICTS)
+    assert zoo_page.count('<svg class="forest"') == len(zoo["pooled"]) == 10
+    for p in zoo["pooled"]:       # every forest names its record's models in its rows
+        for inp in p["inputs"]:
+            assert f"<title>{inp['model']}</title>" in zoo_page
+    assert "fewer than 3 models decided" not in zoo_page
+    assert zoo_page.count("artifact?") >= 1  # zoo-two-sided q_proj: the twins pool to it too
+
+
+@pytest.mark.parametrize("direction, min_lines, regions", [
+    ("greater", 1, 1), ("less", 1, 1), ("two-sided", 2, 2), ("equivalent", 2, 1)])
+def test_forest_svg_draws_rows_diamond_prediction_and_minimum_lines(direction, min_lines, regions):
+    rows = [{"label": f"org/model-{i}", "effect": 0.3 + 0.05 * i, "lo": 0.25 + 0.05 * i,
+             "hi": 0.35 + 0.05 * i} for i in range(4)]
+    out = svg.forest_svg(rows, 0.375, (0.3, 0.45), (0.15, 0.6), direction=direction,
+                         min_effect=0.1, title="t")
+    c = parse(out)
+    assert c.errors == [] and c.stack == []
+    assert out.count('class="model-ci"') == out.count('class="model-effect"') == 4
+    assert out.count('class="pooled"') == 1 and out.count('class="prediction"') == 1
+    assert out.count('class="min-effect"') == min_lines
+    assert out.count('class="region"') == regions
+    assert out.count('class="null"') == 1 and 'class="clipped"' not in out
+    # a prediction interval far wider than the rest is clipped at the edge, with an arrow
+    wide = svg.forest_svg(rows, 0.375, (0.3, 0.45), (-40.0, 40.0), direction=direction, min_effect=0.1)
+    assert wide.count('class="clipped"') == 2 and "[-40, +40]" in wide
+
+
+def test_forest_svg_escapes_labels():
+    out = svg.forest_svg([{"label": "<b>&x", "effect": 0.1, "lo": 0.0, "hi": 0.2}] * 3, 0.1,
+                         (0.0, 0.2), (-0.1, 0.3))
+    assert "<b>" not in out and "&lt;b&gt;&amp;x" in out
+
+
+def test_markdown_pooled_column_and_tables(zoo):
+    md = M.render_markdown(zoo)
+    header = next(line for line in md.splitlines() if line.startswith("| claim |"))
+    assert header.endswith("| **all models** |")
+    row = next(line for line in md.splitlines() if line.startswith("| [zoo-greater]"))
+    assert row.endswith("| 🔷 **HETEROGENEOUS** 2H |")   # across-models records only (C, E)
+    row = next(line for line in md.splitlines() if line.startswith("| [zoo-two-sided]"))
+    assert row.endswith("| ◐ **MIXED** 1G 1A ⚠1 |")
+    assert md.count("pooled over all models") == 3
+    pooled_rows = [line for line in md.splitlines()
+                   if line.startswith("| models |") or line.startswith("| revisions of ")]
+    assert len(pooled_rows) == len(zoo["pooled"])
+
+
+def test_terminal_pooled_column(zoo):
+    out = T.render_matrix(zoo, width=100)
+    lines = out.splitlines()
+    head = lines[0].split()
+    assert head[0] == "claim" and head[-1] == "all"
+    row = next(line for line in lines if line.startswith("zoo-two-sided"))
+    assert row.split()[-4:] == ["M", "1G", "1A", "!1"]
+    assert any(line.startswith("all: pooled over >= 3 models") for line in lines)
+    for width in (40, 60, 80):
+        assert max(len(line) for line in T.render_matrix(zoo, width=width).splitlines()) <= width
