@@ -137,6 +137,22 @@ def test_converted_config_gives_the_written_model(tmp_path, arch):
     assert not torch.allclose(plain, want, rtol=1e-3, atol=1e-3)
 
 
+def test_mistral_gguf_written_as_llama_converts_to_its_weights(tmp_path):
+    """llama.cpp writes Mistral as architecture 'llama' with general.name 'mistral';
+    transformers then builds a mistral model, whose name gguf-py's tensor tables do not know
+    (``from_pretrained(gguf_file=…)`` fails). Strata maps tensor names by the file's own
+    architecture: every tensor equals the original, bit for bit (F32 file, Q/K permutation
+    undone)."""
+    original = model_of("mistral", sliding_window=16)
+    path = tmp_path / "mistral.gguf"
+    write_gguf(original, path, "F32")
+    model = open_model(str(path), Cache(tmp_path / "cache"))
+    assert model.config["model_type"] == "mistral" and model.layout == original.layout
+    assert set(model.tensor_names()) == set(original.tensor_names())
+    for name in original.tensor_names():
+        assert torch.equal(model.tensor(name), original.tensor(name)), name
+
+
 def test_a_hyperparameter_missing_from_the_file_is_a_one_line_error(tmp_path):
     """A Qwen3 GGUF without key_length (head_dim 32): transformers' default head_dim (128)
     does not fit its tensors; the conversion names the tensor and leaves nothing behind."""

@@ -65,7 +65,9 @@ class GGUFTensors:
         self.model_class = type(meta).__name__
         arch = read_field(self.reader, "general.architecture")[0]
         self.processor = TENSOR_PROCESSORS.get(arch, TensorProcessor)(config=self.config.to_dict())
-        names = get_gguf_hf_weights_map(meta, self.processor)
+        # the tensor-name map of the file's own architecture: llama.cpp writes Mistral as
+        # 'llama' (transformers then builds a mistral model, whose name gguf-py does not know)
+        names = get_gguf_hf_weights_map(meta, self.processor, model_type=arch)
         expected = {name: tuple(p.shape) for name, p in meta.named_parameters()}
         del meta
         q = GGMLQuantizationType
