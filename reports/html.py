@@ -27,6 +27,7 @@ COLOURS = {  # (background, strong)
     "INCONCLUSIVE": ("#fbedc4", "#b7860b"),
     "N/A": ("#eceef1", "#8a9099"),
     "MIXED": ("#ffffff", "#555555"),
+    "ERROR": ("#3a3f4b", "#ffd7d2"),
 }
 POOLED_COLOURS = {  # pooled verdicts over models (background, strong)
     "GENERAL": ("#c9ecd4", "#1b7a41"),
@@ -213,7 +214,7 @@ def _legend() -> str:
             f'<span class="flag twin">{S.TWIN_FLAG}</span> SUPPORTED records also SUPPORTED on the random-init twin '
             f'(likely an artifact) · <span class="flag holm">{S.HOLM_FLAG}</span> support that does '
             f'not survive Holm adjustment over the session · counts: S supported, R refuted, '
-            f'I inconclusive, N not applicable.</div>')
+            f'I inconclusive, N not applicable, E error (the probe raised).</div>')
 
 
 def _bar(c: S.Cell) -> str:
@@ -239,7 +240,8 @@ def _cell_flags(c: S.Cell) -> str:
 def _matrix(claims, models, cells, claim_ids, cell_ids, pooled=None) -> str:
     """The claims × models matrix; ``pooled`` = (pooled cells, anchors) adds the column
     "all models" (the pooled verdicts over the models)."""
-    head = "".join(f'<th><span class="mono">{e(m)}</span></th>' for m in models)
+    names = S.short_names(models)
+    head = "".join(f'<th title="{e(m)}"><span class="mono">{e(names[m])}</span></th>' for m in models)
     if pooled:
         head += f'<th class="pooled" title="random-effects pooling over the models">{e(S.ALL_MODELS)}</th>'
     rows = []
@@ -261,8 +263,12 @@ def _matrix(claims, models, cells, claim_ids, cell_ids, pooled=None) -> str:
             tds.append(_pooled_matrix_cell(c.id, pooled[0].get(c.id), pooled[1][c.id]))
         rows.append(f'<tr><th class="claim"><a href="#{claim_ids[c.id]}">{e(c.id)}</a>'
                     f'<div class="stmt">{e(c.statement)}</div></th>{"".join(tds)}</tr>')
+    long = [m for m in models if names[m] != m]
+    names_legend = ('<div class="legend">Models: ' + " · ".join(
+        f'<span class="mono">{e(names[m])}</span> = <span class="mono">{e(m)}</span>' for m in long)
+        + '</div>') if long else ""
     return (f'<section class="card" id="matrix"><h2>Claims × models</h2>{_legend()}'
-            + (_pooled_legend() if pooled else "") +
+            + (_pooled_legend() if pooled else "") + names_legend +
             f'<table class="matrix{" few" if len(models) <= 2 else ""}"><thead><tr><th class="claim">claim</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></section>')
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from . import summary as S
 
-MARK = {"SUPPORTED": "✅", "REFUTED": "❌", "INCONCLUSIVE": "❔", "N/A": "➖", "MIXED": "◐"}
+MARK = {"SUPPORTED": "✅", "REFUTED": "❌", "INCONCLUSIVE": "❔", "N/A": "➖", "MIXED": "◐",
+        "ERROR": "💥"}
 POOLED_MARK = {"GENERAL": "🟢", "HETEROGENEOUS": "🔷", "ABSENT": "🔴", "INCONCLUSIVE": "🟡",
                "MIXED": "◐", "N/A": "➖"}
 
@@ -62,7 +63,8 @@ def render_markdown(doc: dict) -> str:
     out += ["", "## Claims × models", ""]
     rows = [[f"[{cell_text(c.id)}](#{_anchor(c.id)})"] + [_cell(cells[(c.id, m)]) for m in models]
             for c in claims]
-    header = ["claim"] + [f"`{cell_text(m)}`" for m in models]
+    names = S.short_names(models)
+    header = ["claim"] + [f"`{cell_text(names[m])}`" for m in models]
     pcells = S.pooled_cells(doc)
     if S.pooled(doc):  # the column "all models": pooled verdicts over the models
         header.append(f"**{S.ALL_MODELS}**")
@@ -71,9 +73,13 @@ def render_markdown(doc: dict) -> str:
     out += _table(header, rows)
     out += ["", "**Legend.** " + " · ".join(f"{MARK[s]} {s}" for s in S.STATES)
             + " (MIXED: applicable records disagree). Counts: S supported, R refuted, "
-            f"I inconclusive, N not applicable. {S.TWIN_FLAG}n: n SUPPORTED records also SUPPORTED on the "
+            f"I inconclusive, N not applicable, E error (the probe raised). {S.TWIN_FLAG}n: n SUPPORTED records also SUPPORTED on the "
             f"random-init twin (likely artifacts). {S.HOLM_FLAG}n: n supported records that do not "
             "survive Holm adjustment over the session.", ""]
+    long = [m for m in models if names[m] != m]
+    if long:
+        out += ["**Models.** " + " · ".join(f"`{cell_text(names[m])}` = `{cell_text(m)}`"
+                                            for m in long), ""]
     if S.pooled(doc):
         out += [f"**{S.ALL_MODELS}:** each claim × phase × family decided on three or more models, "
                 "pooled by random effects (revisions of one repository count once). "

@@ -103,6 +103,36 @@ def pytest_runtest_setup(item):
     return (yield from _catch_not_applicable(item))
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A claim whose probe (or test body) raised gets an ERROR record with the one-line cause,
+    attached before pytest builds the report, so the report and its matrix show the error
+    instead of a silent gap. The traceback stays pytest's (an error is a bug to look into)."""
+    exc = call.excinfo
+    if (exc is not None and _claim_of(item) is not None
+            and not exc.errisinstance(_NOT_ERRORS)
+            and not any(key == RECORD_KEY for key, _ in item.user_properties)):
+        _attach(item, _record(item, _claim_of(item), None, "ERROR",
+                              f"{call.when}: {_one_line(exc.value)}"))
+    return (yield)
+
+
+# outcomes that are not probe errors: skips and N/A, pytest.exit, interrupts
+_NOT_ERRORS = (pytest.skip.Exception, pytest.exit.Exception, NotApplicable, KeyboardInterrupt)
+
+
+def _claim_of(item) -> Claim | None:
+    claim = getattr(getattr(item, "module", None), "CLAIM", None)
+    return claim if isinstance(claim, Claim) else None
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (clipped): what the matrix and the report show."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = type(error).__name__ + (f": {lines[0]}" if lines else "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _record_na(item, reason: str):
     claim = getattr(getattr(item, "module", None), "CLAIM", None)
     if claim is None:
@@ -185,6 +215,39 @@ def _numbers(rec) -> str:
             f"p={f(rec['p'])} min_effect={rec['min_effect']:g}")
 
 
+# -- verdicts as pytest outcomes ---------------------------------------------------------
+# (pytest category, progress letter, verbose word, colour) per verdict. The category is what
+# pytest's last line counts ("9 supported, 61 refuted, ..."): a REFUTED claim stays a failure
+# for the exit status and JUnit (the report's outcome is untouched), but the terminal files it
+# under "refuted", so it is not listed among FAILURES with a traceback.
+STATUS = {
+    "SUPPORTED": ("supported", "S", "SUPPORTED", {"green": True}),
+    "REFUTED": ("refuted", "R", "REFUTED", {"red": True}),
+    "INCONCLUSIVE": ("inconclusive", "I", "INCONCLUSIVE", {"yellow": True}),
+    "N/A": ("n/a", "N", "N/A", {}),
+}
+TWIN_CATEGORY = "twins"   # controls: recorded beside their model's records, never failing
+
+
+def _decisive_record(report) -> dict | None:
+    """The record a setup/call report decided, if any (setup only when it did not pass)."""
+    if report.when == "teardown" or (report.when == "setup" and report.passed):
+        return None
+    recs = [value for key, value in getattr(report, "user_properties", ()) if key == RECORD_KEY]
+    return recs[-1] if recs else None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_report_teststatus(report, config):
+    rec = _decisive_record(report)
+    if rec is None or rec["verdict"] == "ERROR":
+        return None  # pytest's own outcome: an error stays an error, with its traceback
+    if rec["role"] == "twin":
+        return TWIN_CATEGORY, "t", (f"TWIN {rec['verdict']}", {"cyan": True})
+    category, letter, word, colour = STATUS[rec["verdict"]]
+    return category, letter, (word, colour)
+
+
 # -- collection on the controller ----------------------------------------------------------
 class VerdictReport:
     """Collects records from test reports (on the controller under xdist) and writes the files."""
@@ -219,10 +282,24 @@ class VerdictReport:
             return
         from reports import terminal
         doc = json.loads(self.written[0].read_text())
+        width = max(60, min(terminalreporter._tw.fullwidth, 160))
+        refuted = terminal.refuted_lines(doc, max(width, 100))
+        if refuted:
+            terminalreporter.section("strata: refuted claims", red=True)
+            for line in refuted:
+                terminalreporter.write_line(line)
+        errors = terminal.error_lines(doc, width)
+        if errors:
+            terminalreporter.section("strata: claims whose probe raised (see ERRORS above)", red=True)
+            for line in errors:
+                terminalreporter.write_line(line)
         terminalreporter.section("strata verdicts")
-        terminalreporter.write_line(terminal.render_matrix(doc, width=100))
-        terminalreporter.write_line(f"report: {self.written[0].parent}/ "
-                                    + " ".join(p.name for p in self.written))
+        terminalreporter.write_line(terminal.render_matrix(doc, width=min(width, 100)))
+        terminalreporter.write_line("")
+        terminalreporter.write_line("strata: " + terminal.counts_line(doc), bold=True)
+        html = next((p for p in self.written if p.suffix == ".html"), self.written[0])
+        terminalreporter.write_line(f"report: {html}  (also "
+                                    + ", ".join(p.name for p in self.written if p != html) + ")")
 
 
 def build_document(config, records: list[dict], model_info: dict, started: str) -> dict:

@@ -23,7 +23,7 @@ from typing import Any
 
 SCHEMA_ID = "strata.verdicts/2"
 SCHEMA_IDS = ("strata.verdicts/1", "strata.verdicts/2")  # readers accept both; writers write /2
-VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A")
+VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A", "ERROR")  # ERROR: the probe raised
 POOLED_VERDICTS = ("GENERAL", "HETEROGENEOUS", "ABSENT", "INCONCLUSIVE")
 DIRECTIONS = ("greater", "less", "two-sided", "equivalent")
 

@@ -5,7 +5,8 @@ A matrix cell summarises all records of one claim on one model (its phases × fa
 the count of each verdict, how many SUPPORTED records do not survive Holm, and how many are
 SUPPORTED on the model and on its random-init twin (likely artifacts). Its ``state`` is the single verdict
 when all applicable (non-N/A) records agree, ``MIXED`` when they do not, ``N/A`` when none
-is applicable.
+is applicable. A record whose probe raised is ``ERROR`` (its reason is the one-line cause):
+it counts as applicable, so a claim that errored never looks like a gap or a clean N/A.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from dataclasses import dataclass, field
 
 from .checkpoints import in_checkpoint_order
 
-VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A")
-ABBREV = {"SUPPORTED": "S", "REFUTED": "R", "INCONCLUSIVE": "I", "N/A": "N", "MIXED": "M"}
-STATES = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "MIXED", "N/A")
+VERDICTS = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "N/A", "ERROR")  # ERROR: the probe raised
+DECIDING = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "ERROR")  # what a cell's state is made of
+ABBREV = {"SUPPORTED": "S", "REFUTED": "R", "INCONCLUSIVE": "I", "N/A": "N", "ERROR": "E",
+          "MIXED": "M"}
+STATES = ("SUPPORTED", "REFUTED", "INCONCLUSIVE", "MIXED", "N/A", "ERROR")
 FAMILY_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
                 "input_ln", "post_attn_ln", "q_norm", "k_norm", "pre_ff_ln", "post_ff_ln")
 
@@ -56,7 +59,7 @@ class Cell:
 
     @property
     def state(self) -> str:
-        decided = [v for v in VERDICTS[:3] if self.counts[v]]
+        decided = [v for v in DECIDING if self.counts[v]]
         if not decided:
             return "N/A"
         return decided[0] if len(decided) == 1 else "MIXED"
@@ -108,9 +111,44 @@ def model_phases(doc: dict, spec: str) -> dict:
     return model_info(doc, spec).get("phases") or {}
 
 
-def abbreviations(names: list[str], prefix: str = "M") -> dict:
-    """Short column names M1, M2, ... in order."""
-    return {name: f"{prefix}{i + 1}" for i, name in enumerate(names)}
+def short_names(specs: list[str], max_len: int = 24, ellipsis: str = "…") -> dict:
+    """{spec: column header}: each model by its name, shortened, still telling them apart.
+
+    A hub id loses its organisation (``Qwen/Qwen3-4B`` → ``Qwen3-4B``), a path keeps its last
+    part, a revision and the ``random:`` twin prefix stay (they are what tells two columns
+    apart). Where two shortened names collide, those keep their full spec. A name still longer
+    than ``max_len`` is cut in the middle (its start names the family, its end the size or
+    revision). The full specs go in each format's legend.
+    """
+    def short(spec: str) -> str:
+        prefix = "random:" if spec.startswith("random:") else ""
+        base = spec[len(prefix):]
+        rev = ""
+        if "@" in base and not base.startswith(("/", ".", "~")):
+            base, rev = base.rsplit("@", 1)
+            rev = "@" + rev
+        if base.startswith(("/", "./", "../", "~")):
+            base = base.rstrip("/").rsplit("/", 1)[-1]
+        elif ":" not in base:  # hub id org/name (synthetic:… specs keep their form)
+            base = base.rsplit("/", 1)[-1]
+        return prefix + base + rev
+
+    names = {s: short(s) for s in specs}
+    seen = Counter(names.values())
+    names = {s: (n if seen[n] == 1 else s) for s, n in names.items()}
+
+    def cut(text: str) -> str:
+        if len(text) <= max_len:
+            return text
+        keep = max_len - len(ellipsis)
+        head = (keep + 1) // 2
+        return text[:head] + ellipsis + text[len(text) - (keep - head):]
+
+    out = {s: cut(n) for s, n in names.items()}
+    if len(set(out.values())) < len(out):  # cutting made two equal: number them instead
+        out = {s: (cut(n) if list(out.values()).count(out[s]) == 1 else f"M{i + 1}")
+               for i, (s, n) in enumerate(names.items())}
+    return out
 
 
 def cell(doc: dict, claim: str, model: str) -> Cell:

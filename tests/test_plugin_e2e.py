@@ -2,6 +2,7 @@
 
 import json
 import os
+import xml.etree.ElementTree as ET
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,10 @@ def test_xdist_run_writes_the_same_records(tmp_path):
     a, b = records(tmp_path / "serial"), records(tmp_path / "parallel")
     assert len(a["records"]) > 50
     assert comparable(a) == comparable(b)
+    # the controller decides the progress letters and counts from the workers' reports
+    counts = [line for line in parallel.stdout.splitlines() if line.startswith("strata: ")]
+    assert counts == [line for line in serial.stdout.splitlines() if line.startswith("strata: ")]
+    assert " refuted" in parallel.stdout.splitlines()[-1] and "FAILED" not in parallel.stdout
     roles = {m["spec"]: m["role"] for m in a["run"]["models"]}
     assert roles == {"synthetic:planted-adjacent": "model", "synthetic:tiny-qwen3": "model",
                      "random:synthetic:planted-adjacent": "twin",
@@ -71,8 +76,14 @@ def test_report_contract_and_planted_verdicts(tmp_path):
         for key in ("statement", "statistic", "observed", "null", "effect", "min_effect", "ci",
                     "p", "p_holm", "verdict", "reason", "twin", "profile"):
             assert key in rec
-    # REFUTED records fail their test with the numbers in the message
-    assert "REFUTED adjacent-far-from-null" in res.stdout and "CI=[" in res.stdout
+    # REFUTED records are listed one per line with their numbers (their test still fails:
+    # exit status 1), under their own heading and without a traceback
+    assert res.returncode == 1
+    refuted = [r for r in doc["records"] if r["verdict"] == "REFUTED"]
+    listed = res.stdout.split("strata: refuted claims")[1].split("strata verdicts")[0]
+    assert sum(line.startswith("adjacent-far-from-null · ") for line in listed.splitlines()) == \
+        sum(r["claim"] == "adjacent-far-from-null" for r in refuted) > 0
+    assert "FAILED" not in res.stdout and "Traceback" not in res.stdout
     assert (tmp_path / "r" / "verdicts.md").exists()
 
 
@@ -149,11 +160,35 @@ def test_not_applicable(model, verdict):
 def test_verdict_outcomes_and_twin_never_fails(pytester, tmp_path):
     pytester.makeconftest('pytest_plugins = ["fixtures.plugin", "reports.plugin"]')
     pytester.makepyfile(test_toy=CLAIM_FILE)
+    junit = tmp_path / "junit.xml"
     result = pytester.runpytest("--model=synthetic:tiny-llama", f"--cache-dir={tmp_path / 'c'}",
-                                f"--report-dir={tmp_path / 'r'}", "-rs", "-p", "no:cacheprovider")
-    # model items: 1 pass, 1 fail, 2 skips; twin items (random:...): all recorded, none fail
-    result.assert_outcomes(passed=1 + 4, failed=1, skipped=2)
-    result.stdout.fnmatch_lines(["*REFUTED toy: observed=0.01*", "*N/A toy: phase too small*"])
+                                f"--report-dir={tmp_path / 'r'}", "-rA", "-p", "no:cacheprovider",
+                                f"--junitxml={junit}")
+    # the terminal speaks verdicts: progress letters S/R/I/N (t: a twin), the claims' records
+    # and the twins counted apart, each REFUTED record on its own line, no FAILED, no traceback
+    assert result.ret == 1  # a refuted claim still fails the run (people guard claims in CI)
+    result.stdout.fnmatch_lines(["test_toy.py StRtItNt*",
+                                 "*strata: refuted claims*",
+                                 "toy · synthetic:tiny-llama: effect +0.01 ?-0.02, +0.04?, p 0.50, null 0 ± 0.1 — interval*",
+                                 "*strata: 1 supported, 1 refuted, 1 inconclusive, 1 n/a · twins: 1 of 4 supported*",
+                                 "report: */verdicts.html*",
+                                 "*1 supported, 4 twins, 1 refuted, 1 inconclusive, 1 n/a in *"])
+    assert "FAILED" not in result.stdout.str() and "Traceback" not in result.stdout.str()
+    assert "= FAILURES =" not in result.stdout.str()
+    # JUnit keeps pytest's outcomes: the refuted claim is a failure there, N/A and INCONCLUSIVE
+    # are skips, so CI dashboards see a refutation
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == \
+        ("8", "1", "2", "0")
+    failure = next(tc for tc in suite.iter("testcase") if tc.find("failure") is not None)
+    assert failure.get("name").startswith("test_refuted") and "REFUTED toy" in failure.find("failure").get("message")
+    verbose = pytester.runpytest("--model=synthetic:tiny-llama", f"--cache-dir={tmp_path / 'c'}",
+                                 f"--report-dir={tmp_path / 'r'}", "-v", "-p", "no:cacheprovider")
+    verbose.stdout.fnmatch_lines(["*test_refuted?synthetic:tiny-llama? REFUTED*",
+                                  "*test_not_applicable?random:synthetic:tiny-llama? TWIN N/A*"])
+    quiet = pytester.runpytest("--model=synthetic:tiny-llama", f"--cache-dir={tmp_path / 'c'}",
+                               f"--report-dir={tmp_path / 'r'}", "-q", "-p", "no:cacheprovider")
+    quiet.stdout.fnmatch_lines(["StRtItNt*", "strata: 1 supported, 1 refuted*"])
     doc = json.loads((tmp_path / "r" / "verdicts.json").read_text())
     verdicts = {r["nodeid"].split("::")[1].split("[")[0]: r["verdict"] for r in doc["records"]}
     assert verdicts == {"test_supported": "SUPPORTED", "test_refuted": "REFUTED",
@@ -235,7 +270,9 @@ def test_zoo_file_run_and_merge_of_single_runs_give_the_same_pooled_records(pyte
     zoo = tmp_path / "zoo.txt"
     zoo.write_text("# three tiny models\n" + "\n".join(f"{s}   # {i}" for i, s in enumerate(ZOO_SPECS)) + "\n")
     result = pytester.runpytest(f"--models={zoo}", f"--report-dir={tmp_path / 'zoo'}", *common)
-    result.stdout.fnmatch_lines(["claim * M1 * M2 * M3 * all", "all: pooled over >= 3 models*"])
+    result.stdout.fnmatch_lines(["claim * synthetic:tiny-llama * synthetic:tiny-mistral",
+                                 "claim * synthetic:tiny-qwen2 * all",
+                                 "all: pooled over >= 3 models*"])
     one = records(tmp_path / "zoo")
     assert [m["spec"] for m in one["run"]["models"] if m["role"] == "model"] == ZOO_SPECS
     assert merge([*singles, "--out", str(tmp_path / "merged")]) == 0
@@ -245,3 +282,47 @@ def test_zoo_file_run_and_merge_of_single_runs_give_the_same_pooled_records(pyte
     assert all(p["k"] == 3 and p["twin"] is not None and p["twin"]["k"] == 3 for p in one["pooled"])
     html = (tmp_path / "zoo" / "verdicts.html").read_text()
     assert html.count('<svg class="forest"') == len(one["pooled"])
+
+
+ERROR_FILE = CLAIM_FILE.split("def test_supported")[0] + '''
+import pytest
+
+@pytest.fixture
+def broken_probe(model):
+    raise AssertionError("Padding_idx must be within num_embeddings\\n(the rest of a long message)")
+
+def test_setup_raises(model, broken_probe, verdict):
+    verdict(CLAIM, ev(0.5, 0.4, 0.6, 0.001))
+
+def test_body_raises(model, verdict):
+    raise ValueError("a probe's own failure")
+
+def test_supported(model, verdict):
+    verdict(CLAIM, ev(0.5, 0.4, 0.6, 0.001))
+'''
+
+
+def test_a_probe_that_raises_is_an_error_record_in_the_report_and_matrix(pytester, tmp_path):
+    pytester.makeconftest('pytest_plugins = ["fixtures.plugin", "reports.plugin"]')
+    pytester.makepyfile(test_toy=ERROR_FILE)
+    result = pytester.runpytest("--model=synthetic:tiny-llama", f"--cache-dir={tmp_path / 'c'}",
+                                f"--report-dir={tmp_path / 'r'}", "-p", "no:cacheprovider")
+    assert result.ret == 1
+    doc = json.loads((tmp_path / "r" / "verdicts.json").read_text())
+    by_test = {r["nodeid"].split("::")[1].split("[")[0]: r for r in doc["records"]}
+    assert by_test["test_setup_raises"]["verdict"] == "ERROR"
+    assert by_test["test_setup_raises"]["reason"] == \
+        "setup: AssertionError: Padding_idx must be within num_embeddings"
+    assert by_test["test_body_raises"]["reason"] == "call: ValueError: a probe's own failure"
+    assert by_test["test_supported"]["verdict"] == "SUPPORTED"
+    assert [t["verdict"] for t in doc["twin_records"]].count("ERROR") == 2
+    # the matrix cell counts the errors; the terminal lists them with their causes, and pytest
+    # keeps its own ERROR/FAILED outcome with the traceback (an error is a bug to look into)
+    result.stdout.fnmatch_lines(["*strata: claims whose probe raised*",
+                                 "toy · synthetic:tiny-llama: setup: AssertionError: Padding_idx*",
+                                 "toy*M 1S 2E*", "strata: 1 supported, 0 refuted, 0 inconclusive, 0 n/a, 2 error*"])
+    assert "= ERRORS =" in result.stdout.str()
+    md = (tmp_path / "r" / "verdicts.md").read_text()
+    assert "ERROR" in md and "Padding_idx must be within num_embeddings" in md
+    html = (tmp_path / "r" / "verdicts.html").read_text()
+    assert 'data-state="MIXED"' in html and "Padding_idx must be within num_embeddings" in html
