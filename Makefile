@@ -23,8 +23,19 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# pytest exits 1 when a claim is REFUTED (a finding: the run worked and the report is written),
+# so make succeeds on 0 or 1 and fails on anything else: 2 interrupted, 3 internal error,
+# 4 bad input (the one-line "ERROR: strata:" above says what to do), 5 nothing collected.
 verdicts: $(BIN)/.installed
-	$(BIN)/pytest hypotheses/ $(ARGS)
+	@rc=0; $(BIN)/pytest hypotheses/ $(ARGS) || rc=$$?; \
+	case $$rc in \
+	  0|1) ;; \
+	  2) echo "make verdicts: interrupted (pytest exit 2); no complete report" >&2; exit 2;; \
+	  3) echo "make verdicts: pytest internal error (exit 3)" >&2; exit 3;; \
+	  4) echo "make verdicts: bad input (pytest exit 4): see the ERROR line above" >&2; exit 4;; \
+	  5) echo "make verdicts: no claim collected (pytest exit 5): check ARGS" >&2; exit 5;; \
+	  *) echo "make verdicts: pytest exited $$rc" >&2; exit $$rc;; \
+	esac
 
 test: $(BIN)/.installed
 	$(BIN)/pytest tests/ $(TESTARGS)

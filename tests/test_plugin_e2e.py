@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import xml.etree.ElementTree as ET
 import subprocess
 import sys
@@ -326,3 +327,25 @@ def test_a_probe_that_raises_is_an_error_record_in_the_report_and_matrix(pyteste
     assert "ERROR" in md and "Padding_idx must be within num_embeddings" in md
     html = (tmp_path / "r" / "verdicts.html").read_text()
     assert 'data-state="MIXED"' in html and "Padding_idx must be within num_embeddings" in html
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "pytest").exists() or shutil.which("make") is None,
+                    reason="make verdicts runs the project's .venv (make install)")
+def test_make_verdicts_succeeds_on_refuted_claims_and_fails_on_bad_input(tmp_path):
+    def make(args):
+        # -o: never (re)install from inside a test
+        return subprocess.run(["make", "-s", "-o", ".venv/bin/.installed", "verdicts",
+                               f"ARGS={args} --cache-dir={tmp_path / 'c'} -p no:cacheprovider"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    refuted = make(f"--model=synthetic:tiny-llama -k scale_schedule --report-dir={tmp_path / 'r'}")
+    assert refuted.returncode == 0, refuted.stdout[-2000:] + refuted.stderr[-2000:]
+    last = refuted.stdout.strip().splitlines()[-3:]
+    assert last[0].startswith("strata: 0 supported, 1 refuted") and \
+        last[1].startswith(f"report: {tmp_path / 'r' / 'verdicts.html'}"), last
+    assert (tmp_path / "r" / "verdicts.json").exists()
+    bad = make(f"--model={tmp_path / 'no-such-checkpoint'} --report-dir={tmp_path / 'bad'}")
+    assert bad.returncode != 0 and "ERROR: strata:" in bad.stdout + bad.stderr
+    assert "bad input (pytest exit 4)" in bad.stderr
+    nothing = make(f"--model=synthetic:tiny-llama -k no_such_claim --report-dir={tmp_path / 'none'}")
+    assert nothing.returncode != 0 and "no claim collected" in nothing.stderr
