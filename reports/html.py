@@ -95,9 +95,10 @@ details{margin:6px 0}
 summary{cursor:pointer;color:#2b3445;font-weight:600;font-size:12.5px}
 table.records{width:100%;font-size:12px;margin-top:4px}
 table.records th,table.records td{border-bottom:1px solid #e7e9ee;padding:3px 6px;text-align:right;white-space:nowrap}
-table.records th{background:#f3f4f7;position:sticky;top:0;font-weight:600}
+table.records th{background:#f3f4f7;position:sticky;top:0;font-weight:600;white-space:normal}
 table.records td.t,table.records th.t{text-align:left}
-table.records td.reason{white-space:normal;text-align:left;color:#5b6270;font-size:11.5px;min-width:220px}
+table.records td.twin{white-space:normal}
+table.records td.reason{white-space:normal;text-align:left;color:#5b6270;font-size:11.5px;min-width:160px}
 table.records tr:target{outline:2px solid #1f5fbf}
 td.v{font-weight:650}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(300px,1fr));gap:10px;margin-top:6px}
@@ -118,12 +119,20 @@ details.extra{margin:1px 0 0}
 details.extra summary{font-weight:500;font-size:11px;color:#6b7280}
 details.extra dl{display:grid;grid-template-columns:max-content 1fr;gap:0 8px;margin:2px 0}
 details.extra dt{color:#6b7280}
-details.extra dd{margin:0;color:#1d2330;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px}
+details.extra dd{white-space:normal;overflow-wrap:anywhere;margin:0;color:#1d2330;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px}
 .lsw{display:inline-block;width:12px;height:3px;vertical-align:2px;margin:0 3px 0 8px}
 figure svg.checkpoints{width:100%;height:auto;display:block}
 .fgrid{display:grid;grid-template-columns:repeat(auto-fill,minmax(620px,1fr));gap:10px;margin-top:6px}
 figure svg.forest{width:100%;max-width:760px;height:auto;display:block}
 table.matrix th.pooled{background:#e9eef7}
+table.trust{table-layout:fixed}
+table.trust th,table.trust td{white-space:normal;overflow-wrap:anywhere;text-align:left;vertical-align:top}
+table.trust col.claim{width:13%}table.trust col.null{width:14%}table.trust col.min_effect{width:27%}
+table.trust col.fp_iid,table.trust col.fp_shuffled{width:12%}table.trust col.power{width:15%}
+table.trust col.power_0_8{width:7%}
+.card{overflow-x:auto}
+@media (max-width:1250px){main{padding:12px 10px 40px}.card{padding:10px 10px}
+table.records{font-size:11px}table.records th,table.records td{padding:3px 3px}}
 """
 
 SCRIPT = """
@@ -193,7 +202,7 @@ def _header(doc: dict, models: list[str]) -> str:
     n_holm = sum(S.not_surviving_holm(r) for r in doc["records"])
     chips = "".join(
         f'<span style="background:{COLOURS[v][0]};color:{COLOURS[v][1]}">{tot[v]} {e(v)}</span>'
-        for v in S.VERDICTS)
+        for v in S.VERDICTS if tot[v] or v != "ERROR")
     flags = []
     if n_art:
         flags.append(f'<span class="flag twin">{S.TWIN_FLAG} {n_art} supported records also supported on the random-init twin</span>')
@@ -352,6 +361,9 @@ def _trust_section(claims, rows: dict) -> str:
     if not known:
         return ""
     head = "".join(f"<th>{e(label)}</th>" for _, label in TRUST_COLUMNS)
+    # fixed column widths and wrapping: the null and minimum-effect texts are sentences, and
+    # unwrapped they pushed the false-positive and power columns off a 1400 px page
+    cols = "".join(f'<col class="{k}">' for k, _ in TRUST_COLUMNS)
     body = "".join(f'<tr id="{trust_anchor(c.id)}"><th class="claim">{e(c.id)}</th>'
                    + "".join(f"<td>{e(rows[c.id].get(k, ''))}</td>" for k, _ in TRUST_COLUMNS)
                    + "</tr>" for c in known)
@@ -359,7 +371,8 @@ def _trust_section(claims, rows: dict) -> str:
             f'<p class="note">False-positive rate on structure-free models of the default '
             f'model\'s shapes and power on planted-structure models, measured by '
             f'<code>python -m benchmarks.calibration</code> (the README\'s table).</p>'
-            f'<table class="records"><thead><tr><th>claim</th>{head}</tr></thead>'
+            f'<table class="records trust"><colgroup><col class="claim">{cols}</colgroup>'
+            f'<thead><tr><th>claim</th>{head}</tr></thead>'
             f'<tbody>{body}</tbody></table></section>')
 
 
@@ -476,7 +489,7 @@ def _records_table(recs, row_ids, c: S.ClaimInfo) -> str:
             f'<td>{e(S.fmt_signed(r.get("effect")))}</td><td>{e(S.fmt_ci(r.get("ci")))}</td>'
             f'<td>{e(S.fmt_p(r.get("p")))}</td><td>{e(S.fmt_p(r.get("p_holm")))}</td>'
             f'<td class="v t" style="background:{bg};color:{fg}">{verdict}</td>'
-            f'<td class="t">{_twin_cell(r)}</td><td class="reason">{_reason(r)}</td></tr>')
+            f'<td class="t twin">{_twin_cell(r)}</td><td class="reason">{_reason(r)}</td></tr>')
     opened = " open" if len(recs) <= OPEN_TABLE_MAX else ""
     key_heads = "".join(f'<th class="t">{k}</th>' for k in keys)
     return (f'<details class="table"{opened}><summary>Records ({len(recs)})</summary>'

@@ -59,7 +59,7 @@ def render_markdown(doc: dict) -> str:
     out = ["# Strata verdict report", ""]
     out.append(f"{len(claims)} claims × {len(models)} model{'s' if len(models) != 1 else ''} "
                f"({', '.join('`' + inline(m) + '`' for m in models)}), {len(doc['records'])} records, "
-               f"α = {run.get('alpha')}. " + ", ".join(f"{tot[v]} {v}" for v in S.VERDICTS) + ".")
+               f"α = {run.get('alpha')}. " + ", ".join(f"{tot[v]} {v}" for v in S.VERDICTS if tot[v] or v != "ERROR") + ".")
     out += ["", "## Claims × models", ""]
     rows = [[f"[{cell_text(c.id)}](#{_anchor(c.id)})"] + [_cell(cells[(c.id, m)]) for m in models]
             for c in claims]
