@@ -308,12 +308,12 @@ def _absent_reason_ok(model, record) -> bool:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_every_claim_gives_a_verdict_or_an_na_the_architecture_explains(arch, ckpt):
+def test_every_claim_gives_a_verdict_or_an_na_the_architecture_explains(arch, ckpt, tmp_path):
     """``pytest hypotheses/`` on the tiny checkpoint (benchmarks.claims.evaluate, the fixtures'
     own code), phases C and E of 3 layers: every claim gives a verdict; every N/A record is a
     family the architecture lacks (with the adapter's reason) or an unordered expert family."""
     path = ckpt(arch)
-    records = compat.evaluate_checkpoint(path, Cache())
+    records = compat.evaluate_checkpoint(path, Cache(tmp_path / "cache"))  # not the user's cache
     model = open_model(str(path))
     assert {r["claim"] for r in records} == {ct.claim.id for ct in discover()}
     for r in records:
@@ -464,12 +464,13 @@ def test_expert_families_are_na_by_index_and_their_layouts_agree(ckpt):
 # ---------------------------------------------------------------------------------------------
 # the README's table
 # ---------------------------------------------------------------------------------------------
-def test_readme_compatibility_table_is_what_the_code_renders(ckpt):
+def test_readme_compatibility_table_is_what_the_code_renders(ckpt, tmp_path):
     rows, notes = [], []
+    cache = Cache(tmp_path / "cache")  # tiny checkpoints' entries stay out of the user's cache
     for arch in ARCHITECTURES:
         path = ckpt(compat.tiny_arch(arch))
-        records = compat.evaluate_checkpoint(path, Cache())
-        r = compat.row(arch, records, compat.gguf_cell(arch, path, Cache()), notes)
+        records = compat.evaluate_checkpoint(path, cache)
+        r = compat.row(arch, records, compat.gguf_cell(arch, path, cache), notes)
         r["layout"] = compat.layout_text(arch)
         rows.append(r)
     rendered = compat.render(rows, notes)
