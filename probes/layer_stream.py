@@ -6,7 +6,11 @@ What is built
 ``Qwen3MoeModel``, …) from the model's (text) config on the ``meta`` device: no memory. From it:
 
 * the **embedding** module (the architecture's own, e.g. gemma's scaled embedding) gets only the
-  rows of the token ids in use (``Model.embedding_rows``); ids are renumbered into that table;
+  rows of the token ids in use (``Model.embedding_rows``); ids are renumbered into that table.
+  So no config id may index it: its ``padding_idx`` (the config's pad id, e.g. Qwen2.5's
+  151643) is cleared — it only masks a gradient —, a pad id outside the vocabulary is dropped
+  before the modules are built (``random_init.buildable_pad``), and ids are bounded by the rows
+  the checkpoint's embedding stores (``Model.embedding_size``), not only by ``vocab_size``;
 * the **per-layer call arguments** (attention mask per layer type, rotary ``(cos, sin)``,
   position ids) and **layer 0's input** come from the base model's own ``forward``: its decoder
   layers (the architecture table's ``layers``: ``layers``, GPT-2's ``h``) are swapped for
