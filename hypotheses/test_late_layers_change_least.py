@@ -9,6 +9,9 @@ whenever the exchangeable-layers p falls below α the effect is 0.3 or more. The
 the spread. With log 2: 1 false positive in 50 shuffled models (bound 0.091), 0 in 30 i.i.d. log 2 ≈ 0.69 (beyond
 what accumulation gives, the second half's smallest step is at most half the first half's) is
 above that spread and is what "the late layers change least" asserts.
+
+Least evidence: ``MIN_LAYERS`` = 4 layers in the model (both halves need a candidate layer, and
+the last layer is none); below it the record is N/A ("3 layers in the model < 4 needed").
 """
 
 import math
@@ -19,6 +22,7 @@ from probes import residual
 from probes.evidence import Claim
 
 MIN_EFFECT = round(math.log(2), 2)  # 0.69 log units: a minimum step at most half as large
+MIN_LAYERS = 4                      # layers in the model: a candidate in each half
 
 CLAIM = Claim(
     id="late-layers-change-least",
@@ -35,9 +39,11 @@ CLAIM = Claim(
     min_effect_why="log 2: beyond residual accumulation, the second half's smallest step is at "
                    "most half the first half's; real layers in a random depth order spread this "
                    "effect by ≈ 0.4 (sd), and 0.1 gave 1 false positive in 20 shuffled models",
+    min_evidence=f"{MIN_LAYERS} layers in the model",
 )
 
 
 @pytest.mark.activations
 def test_late_layers_change_least(residual_stream, strata, verdict):
-    verdict(CLAIM, residual.late_layers_change_least(residual_stream, seed=strata.seed))
+    verdict(CLAIM, residual.late_layers_change_least(residual_stream, seed=strata.seed,
+                                                     min_layers=MIN_LAYERS))

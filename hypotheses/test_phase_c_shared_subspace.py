@@ -1,4 +1,9 @@
-"""Phase C layers update the residual stream within a shared subspace."""
+"""Phase C layers update the residual stream within a shared subspace.
+
+Least evidence: ``MIN_LAYERS`` = 3 layers in phase C (leaving one out must leave two whose
+basis can capture it) and 1 layer outside it (cross-phase pairs, the layer-label null); below
+it the record is N/A ("2 layers on phase C < 3 needed").
+"""
 
 import pytest
 
@@ -6,6 +11,7 @@ from probes import residual
 from probes.evidence import Claim
 
 MIN_EFFECT = 0.1  # capture units (0 … 1)
+MIN_LAYERS = 3    # layers in phase C (and one outside it)
 
 CLAIM = Claim(
     id="phase-C-shared-subspace",
@@ -21,9 +27,11 @@ CLAIM = Claim(
     min_effect=MIN_EFFECT,
     min_effect_why="a random direction's capture by a rank-8 basis is 8/576 ≈ 0.014; 0.1 more "
                    "than random layer sets is a tenth of a direction's energy in the shared basis",
+    min_evidence=f"{MIN_LAYERS} layers in phase C and 1 outside it",
 )
 
 
 @pytest.mark.activations
 def test_phase_c_shared_subspace(residual_stream, phases, strata, verdict):
-    verdict(CLAIM, residual.shared_subspace(residual_stream, phases, "C", seed=strata.seed))
+    verdict(CLAIM, residual.shared_subspace(residual_stream, phases, "C", seed=strata.seed,
+                                            min_layers=MIN_LAYERS))

@@ -1,4 +1,9 @@
-"""Phase E layers write their updates in their own, unshared directions."""
+"""Phase E layers write their updates in their own, unshared directions.
+
+Least evidence: ``MIN_LAYERS`` = 2 layers in phase E (alignment within it) and 1 layer outside
+it (cross-phase pairs, the layer-label null); below it the record is N/A ("1 layer on phase E
+< 2 needed").
+"""
 
 import pytest
 
@@ -6,6 +11,7 @@ from probes import residual
 from probes.evidence import Claim
 
 MIN_EFFECT = 0.05  # ratio units (1/m … 1)
+MIN_LAYERS = 2     # layers in phase E (and one outside it)
 
 CLAIM = Claim(
     id="phase-E-specialized",
@@ -20,9 +26,11 @@ CLAIM = Claim(
     min_effect=MIN_EFFECT,
     min_effect_why="for E's 5 layers the ratio runs from 0.2 (one shared direction) to 1 "
                    "(orthogonal); 0.05 is a quarter of one layer's worth of extra rank",
+    min_evidence=f"{MIN_LAYERS} layers in phase E and 1 outside it",
 )
 
 
 @pytest.mark.activations
 def test_phase_e_specialized(residual_stream, phases, strata, verdict):
-    verdict(CLAIM, residual.specialized(residual_stream, phases, "E", seed=strata.seed))
+    verdict(CLAIM, residual.specialized(residual_stream, phases, "E", seed=strata.seed,
+                                        min_layers=MIN_LAYERS))

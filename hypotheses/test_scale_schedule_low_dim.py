@@ -13,12 +13,18 @@ in depth but independent between families (e.g. random walks) have a higher mode
 their shuffles, so this claim can read them as one shared profile (the planted-adjacent copy
 chain does this even at tiny strength); a null that keeps each track's smoothness (per-family
 circular shifts) would not.
+
+Least evidence: ``MIN_FAMILIES`` = 2 families with positive norms and ``MIN_LAYERS`` = 3 layers
+(one family's track is its own mode 1; two layers' centred tracks have one mode); below it the
+record is N/A.
 """
 
 from probes import scale
 from probes.evidence import Claim
 
 MIN_EFFECT = 0.15  # share units above the shuffle null's mean (was 0.10: see the docstring)
+MIN_FAMILIES = 2   # families with positive norms
+MIN_LAYERS = 3     # layers in the model
 
 CLAIM = Claim(
     id="scale-schedule-low-dim",
@@ -31,8 +37,10 @@ CLAIM = Claim(
     min_effect_why="for 9 families × 30 layers the shuffle null's share is ≈ 0.41 with sd ≈ "
                    "0.03 and a long right tail; 0.10 gave 2 false positives in 50 shuffled null "
                    "models (effects ≈ 0.13), 0.15 is ≈ 5 null sds",
+    min_evidence=f"{MIN_FAMILIES} families with positive norms and {MIN_LAYERS} layers",
 )
 
 
 def test_scale_schedule_low_dim(weight_gram, strata, verdict):
-    verdict(CLAIM, scale.low_dim(weight_gram, seed=strata.seed))
+    verdict(CLAIM, scale.low_dim(weight_gram, seed=strata.seed, min_layers=MIN_LAYERS,
+                                 min_families=MIN_FAMILIES))

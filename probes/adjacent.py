@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from .errors import NotApplicable
-from .evidence import Evidence, Matrix, Profile
+from .evidence import Evidence, Matrix, Profile, require
 from .models.base import UNORDERED_FAMILIES, Model
 from .phases import adjacent_pairs
 from .stats import t_interval
@@ -126,8 +126,7 @@ def far_from_null(result: dict, phases: dict, phase: str, family: str,
     if family in UNORDERED_FAMILIES:
         raise NotApplicable(UNORDERED_FAMILIES[family])
     pairs = adjacent_pairs(phases, phase)
-    if len(pairs) < min_pairs:
-        raise NotApplicable(f"phase {phase} has {len(pairs)} adjacent pair(s); need ≥ {min_pairs}")
+    require(len(pairs), min_pairs, "adjacent pair", f"on phase {phase}")
     adj = adjacent(result, family)
     idx = np.array(pairs)
     cos, mu, sd = adj["cos"][idx], adj["null_mean"][idx], adj["null_sd"][idx]

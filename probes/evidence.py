@@ -33,6 +33,9 @@ class Claim:
     direction: Direction = "greater"
     min_effect: float = 0.0  # in the statistic's units; the margin for "equivalent"
     min_effect_why: str = ""  # why that minimum: the scale below which a difference is no finding
+    # the least evidence the claim decides on (pairs, layers, heads, ...), in words: below it
+    # the record is N/A, with the reason :func:`require` words
+    min_evidence: str = ""
 
 
 @dataclass
@@ -99,6 +102,35 @@ class Evidence:
 class Decision:
     verdict: str
     reason: str
+
+
+_PLURAL = {"family": "families"}
+
+
+def count_of(n: int, unit: str) -> str:
+    """``1 adjacent pair``, ``2 adjacent pairs``, ``0 families``: ``n`` and ``unit`` in the
+    right number (the unit's first word takes the plural: ``head per layer`` → ``heads per
+    layer``)."""
+    if n == 1:
+        return f"{n} {unit}"
+    words = unit.split(" ")
+    # the noun is the last word before a preposition ("head per layer"), else the last word
+    preps = {"per", "in", "on", "of", "with", "outside"}
+    i = next((k - 1 for k, w in enumerate(words) if k > 0 and w in preps), len(words) - 1)
+    words[i] = _PLURAL.get(words[i], words[i] + "s")
+    return f"{n} {' '.join(words)}"
+
+
+def require(have: int, need: int, unit: str, where: str = "") -> None:
+    """The check behind every claim's stated minimum evidence (``Claim.min_evidence``): raise
+    :class:`~probes.errors.NotApplicable` when ``have < need``, with one wording for every
+    claim — ``"1 adjacent pair on phase tail < 2 needed"``. ``unit`` is the singular noun
+    (``adjacent pair``, ``layer``, ``head per layer``), ``where`` the place (``on phase
+    tail``)."""
+    if have < need:
+        from .errors import NotApplicable
+        place = f" {where}" if where else ""
+        raise NotApplicable(f"{count_of(int(have), unit)}{place} < {int(need)} needed")
 
 
 def _finite_or_none(x):

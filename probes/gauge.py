@@ -106,7 +106,7 @@ from scipy import stats as sps
 
 from . import assignment, stats
 from .errors import NotApplicable
-from .evidence import Evidence, Profile
+from .evidence import Evidence, Profile, require
 from .models.base import GAUGE_FAMILIES, INTERNAL_SIDE, UNORDERED_FAMILIES
 from .phases import adjacent_pairs
 
@@ -664,18 +664,21 @@ def _assignment_extra(result: Mapping, ff: Mapping) -> dict:
 
 # -- the claims ---------------------------------------------------------------------------------
 def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
-                first: str = "E", second: str = "C") -> Evidence:
+                first: str = "E", second: str = "C", min_pairs: int = 2) -> Evidence:
     """``aligned-delta-E-exceeds-C``: mean excess (aligned − null-aligned) over E's adjacent pairs
     minus that over C's, against the permutation null of the pair labels of E ∪ C (exact when
-    C(n, k) ≤ 20000). The same test of the raw delta (aligned − raw) is in ``extra``."""
+    C(n, k) ≤ 20000). The same test of the raw delta (aligned − raw) is in ``extra``.
+    N/A (:func:`probes.evidence.require`) when either phase has fewer than ``min_pairs``
+    adjacent pairs: a phase's mean excess is then one pair's value, not the phase's."""
     ff = family_fields(result, family)
     for ph in (first, second):
         if ph not in phases:
             raise NotApplicable(f"model has no phase {ph}")
     e, c = _phase_pairs(ff, phases, first), _phase_pairs(ff, phases, second)
-    if e.size < 1 or c.size < 1 or e.size + c.size < 3:
-        raise NotApplicable(f"phases {first}/{second} have {e.size}/{c.size} adjacent pairs; "
-                            f"the label permutation test needs ≥ 1 each and ≥ 3 in all")
+    for ph, sel in ((first, e), (second, c)):
+        require(sel.size, max(min_pairs, 1), "adjacent pair", f"on phase {ph}")
+    # the label permutation test needs ≥ 3 pairs in all (2 + 1 with min_pairs = 1)
+    require(e.size + c.size, 3, "adjacent pair", f"on phases {first} and {second} together")
     both = np.concatenate([e, c])
     _finite(ff, both, family)
     t = stats.permutation_test(ff["excess"][e], ff["excess"][c], seed)
@@ -700,7 +703,7 @@ def e_exceeds_c(result: Mapping, phases: Mapping, family: str, seed: int = 0,
 
 
 def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str,
-                       margin: float) -> Evidence:
+                       margin: float, min_pairs: int = 2) -> Evidence:
     """``gauge-delta-null``: is the mean excess over ``phase``'s adjacent pairs within ±margin?
 
     observed = mean aligned cos, null mean = mean null-aligned cos, effect = their difference
@@ -708,11 +711,13 @@ def excess_equivalence(result: Mapping, phases: Mapping, phase: str, family: str
     null's own spread (a single pair's excess has sd ≈ null sd·√(1 + 1/draws) when there is no
     structure): se = √(max(s², v_null)/n), t with n − 1 df when n ≥ 3, normal otherwise.
     p is the TOST p-value against ±margin; the interval is the matching 90 % interval.
+    N/A (:func:`probes.evidence.require`) below ``min_pairs`` adjacent pairs in the phase
+    (default 2: one pair's excess has no between-pair spread, so its interval would rest on
+    the null's spread alone and speak for one pair, not for the phase).
     """
     ff = family_fields(result, family)
     sel = _phase_pairs(ff, phases, phase)
-    if sel.size == 0:
-        raise NotApplicable(f"phase {phase} has no adjacent pair")
+    require(sel.size, max(min_pairs, 1), "adjacent pair", f"on phase {phase}")
     _finite(ff, sel, family)
     n = sel.size
     draws = np.asarray(ff["null_draws"])[sel]

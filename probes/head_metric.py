@@ -94,7 +94,7 @@ import torch
 
 from probes.errors import NotApplicable
 from probes.progress import progress
-from probes.evidence import Evidence, Matrix, Profile
+from probes.evidence import Evidence, Matrix, Profile, require
 from probes.phases import adjacent_pairs
 from probes.stats import Z95, monte_carlo_p
 
@@ -619,7 +619,8 @@ def _profiles_adjacent(result: Mapping):
 
 
 def adjacent_vs_head_permuted(result: Mapping, phases: Mapping, phase: str, *, seed: int = 0,
-                              draws: int = 4000) -> Evidence:
+                              draws: int = 4000, min_pairs: int = 1,
+                              min_heads: int = 2) -> Evidence:
     """Matched heads' metric cosine for adjacent layers vs the head-permuted null.
 
     Statistic: mean over the phase's adjacent pairs (L, L+1) and heads h of
@@ -629,15 +630,14 @@ def adjacent_vs_head_permuted(result: Mapping, phases: Mapping, phase: str, *, s
     ``draws`` seeded derangement draws (p with the +1 correction). Valid under exchangeable head
     labels (a head permutation is a gauge of the layer); with GQA the null includes pairs that
     share a kv index, which only makes it conservative. Effect = observed − null mean; interval =
-    effect ± 1.96·null sd.
+    effect ± 1.96·null sd. N/A (:func:`probes.evidence.require`) below ``min_pairs`` adjacent
+    pairs in the phase or ``min_heads`` heads per layer (one head has no derangement).
     """
     pairs = adjacent_pairs(phases, phase)
-    if not pairs:
-        raise NotApplicable(f"phase {phase} has no adjacent layer pair inside it")
+    require(len(pairs), max(min_pairs, 1), "adjacent pair", f"on phase {phase}")
     cos = adjacent_cross_cosines(result)
     h = cos.shape[-1]
-    if h < 2:
-        raise NotApplicable("one head per layer: there is no head-permuted null")
+    require(h, max(min_heads, 2), "head per layer", "(no head-permuted null)" if h < 2 else "")
     sub = cos[pairs]
     if not np.isfinite(sub).all():
         raise NotApplicable(f"phase {phase}: a head metric is zero or non-finite "
@@ -672,7 +672,8 @@ def adjacent_vs_head_permuted(result: Mapping, phases: Mapping, phase: str, *, s
 
 
 def positive_share_vs_half(result: Mapping, phases: Mapping, phase: str, *, seed: int = 0,
-                           draws: int = 4000, exact_max_heads: int = 12) -> Evidence:
+                           draws: int = 4000, exact_max_heads: int = 12,
+                           min_layers: int = 1) -> Evidence:
     """Mean positive eigen-mass share of g + gᵀ over the phase's layers and heads vs 1/2.
 
     Null: per-head sign flip. Negating one head's W_Q maps its spectrum λ → −λ and its share
@@ -683,8 +684,7 @@ def positive_share_vs_half(result: Mapping, phases: Mapping, phase: str, *, seed
     seeded draws (+1 correction). Effect = observed − 1/2; interval = effect ± 1.96·null sd.
     """
     layers = list(phases.get(phase, ()))
-    if not layers:
-        raise NotApplicable(f"phase {phase} has no layers")
+    require(len(layers), max(min_layers, 1), "layer", f"on phase {phase}")
     shares = positive_shares(result)[layers]
     if not np.isfinite(shares).all():
         raise NotApplicable(f"phase {phase}: a head metric is zero or non-finite")

@@ -6,7 +6,11 @@ What is built
 ``Qwen3MoeModel``, …) from the model's (text) config on the ``meta`` device: no memory. From it:
 
 * the **embedding** module (the architecture's own, e.g. gemma's scaled embedding) gets only the
-  rows of the token ids in use (``Model.embedding_rows``); ids are renumbered into that table;
+  rows of the token ids in use (``Model.embedding_rows``); ids are renumbered into that table.
+  So no config id may index it: its ``padding_idx`` (the config's pad id, e.g. Qwen2.5's
+  151643) is cleared — it only masks a gradient —, a pad id outside the vocabulary is dropped
+  before the modules are built (``random_init.buildable_pad``), and ids are bounded by the rows
+  the checkpoint's embedding stores (``Model.embedding_size``), not only by ``vocab_size``;
 * the **per-layer call arguments** (attention mask per layer type, rotary ``(cos, sin)``,
   position ids) and **layer 0's input** come from the base model's own ``forward``: its decoder
   layers (the architecture table's ``layers``: ``layers``, GPT-2's ``h``) are swapped for
@@ -148,11 +152,18 @@ class LayerStream:
         """Input hidden states (1, T, d) float32 per sequence, through the architecture's own
         embedding module holding only the rows of the ids in ``seqs``."""
         used = sorted({i for s in seqs for i in s})
+        # the bound is the embedding as stored, which may hold fewer rows than the config's
+        # vocab_size says (and a tokenizer may know more ids than either)
         vocab = int(self.body.config.vocab_size)
-        if used and not 0 <= used[0] <= used[-1] < vocab:
-            raise StrataError(f"token id {used[-1] if used[-1] >= vocab else used[0]} outside the "
-                              f"model's vocabulary of {vocab}: the tokenizer does not belong "
-                              f"to this checkpoint")
+        stored = self.model.embedding_size()
+        rows_held = vocab if stored is None else min(vocab, stored)
+        if used and not 0 <= used[0] <= used[-1] < rows_held:
+            what = (f"vocabulary of {vocab}" if rows_held == vocab else
+                    f"vocabulary: its input embedding stores {rows_held} rows (config "
+                    f"vocab_size {vocab})")
+            raise StrataError(f"token id {used[-1] if used[-1] >= rows_held else used[0]} outside "
+                              f"the model's {what}: the tokenizer does not belong to this "
+                              f"checkpoint")
         emb = self.body.get_input_embeddings()
         rows = self.model.embedding_rows(used).to(torch.float32)
         self.embedded_rows = len(used)

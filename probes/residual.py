@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from .errors import NotApplicable
-from .evidence import Evidence, Matrix, Profile
+from .evidence import Evidence, Matrix, Profile, require
 from .stats import Z95, monte_carlo_p, oriented
 
 CAPTURE_RANK = 8
@@ -312,14 +312,15 @@ def null_p(observed: float, samples: np.ndarray, direction: str, exact: bool) ->
     return float(np.mean(samples <= observed + 1e-12))
 
 
-def _members(phases: dict, phase: str, n: int, minimum: int, what: str) -> np.ndarray:
+def _members(phases: dict, phase: str, n: int, minimum: int) -> np.ndarray:
+    """The phase's layers, N/A (:func:`probes.evidence.require`) below ``minimum`` of them or
+    with no layer outside the phase (the cross-phase comparison and the layer-label null need
+    one)."""
     if phase not in phases:
         raise NotApplicable(f"the phase map has no phase {phase}")
     members = np.array(sorted(phases[phase]), dtype=np.int64)
-    if len(members) < minimum:
-        raise NotApplicable(f"phase {phase} has {len(members)} layer(s); {what} needs ≥ {minimum}")
-    if n - len(members) < 1:
-        raise NotApplicable(f"phase {phase} holds every layer; no cross-phase pairs")
+    require(len(members), minimum, "layer", f"on phase {phase}")
+    require(n - len(members), 1, "layer", f"outside phase {phase}")
     return members
 
 
@@ -341,7 +342,8 @@ def _phase_capture_profile(topk: np.ndarray, phases: dict, rank: int) -> np.ndar
 
 
 def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
-                    draws: int = DEFAULT_DRAWS, rank: int = CAPTURE_RANK) -> Evidence:
+                    draws: int = DEFAULT_DRAWS, rank: int = CAPTURE_RANK,
+                    min_layers: int = 3) -> Evidence:
     """Evidence that a phase's layers update the stream in a shared subspace.
 
     Primary statistic: mean LOO capture over the phase's layers (random-direction value r/d).
@@ -354,7 +356,8 @@ def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
     _check_finite(result, "top_dirs")
     topk = np.asarray(result["top_dirs"], dtype=np.float64)
     n, k, d = topk.shape
-    members = _members(phases, phase, n, 3, "leave-one-out capture")
+    # ≥ 3: leaving one out must leave a pair of layers whose basis captures it
+    members = _members(phases, phase, n, max(min_layers, 3))
     subsets, exact = label_subsets(n, len(members), seed, draws)
     gram = direction_gram(topk)
     cap_null = loo_capture_batch(gram, k, subsets, rank).mean(axis=1)
@@ -389,7 +392,7 @@ def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
 
 
 def specialized(result: dict, phases: dict, phase: str = "E", seed: int = 0,
-                draws: int = DEFAULT_DRAWS) -> Evidence:
+                draws: int = DEFAULT_DRAWS, min_layers: int = 2) -> Evidence:
     """Evidence that a phase's layers write in their own directions (no shared subspace).
 
     Primary statistic: block effective rank / m of the phase's top-1 directions (m = #layers;
@@ -405,7 +408,7 @@ def specialized(result: dict, phases: dict, phase: str = "E", seed: int = 0,
     _check_finite(result, "top_dirs")
     topk = np.asarray(result["top_dirs"], dtype=np.float64)
     n, _, d = topk.shape
-    members = _members(phases, phase, n, 2, "alignment within a phase")
+    members = _members(phases, phase, n, max(min_layers, 2))   # ≥ 2: alignment within it
     subsets, exact = label_subsets(n, len(members), seed, draws)
     top1 = topk[:, 0]
     abscos = abs_cos_matrix(top1)
@@ -508,7 +511,8 @@ def half_min_contrast(angles: np.ndarray, num_layers: int) -> np.ndarray:
     return a[..., :s].min(axis=-1) - a[..., s:num_layers - 1].min(axis=-1)
 
 
-def late_layers_change_least(result: dict, seed: int = 0, draws: int = 1000) -> Evidence:
+def late_layers_change_least(result: dict, seed: int = 0, draws: int = 1000,
+                             min_layers: int = 4) -> Evidence:
     """Evidence that the smallest angular step between h_L and h_{L+1} is in the second half.
 
     Statistic: :func:`half_min_contrast` of the measured angular-step profile (mean over tokens
@@ -524,8 +528,8 @@ def late_layers_change_least(result: dict, seed: int = 0, draws: int = 1000) -> 
     """
     _check_finite(result, "tok_delta_sq", "tok_dot", "tok_h_sq", "angular_step")
     n = int(np.asarray(result["angular_step"]).shape[0])
-    if n < 4:
-        raise NotApplicable(f"{n} layers: need ≥ 4 so both halves have a candidate layer")
+    # ≥ 4 so both halves have a candidate layer (the last layer is not one)
+    require(n, max(min_layers, 4), "layer", "in the model")
     d_sq = np.asarray(result["tok_delta_sq"], dtype=np.float64)
     dot = np.asarray(result["tok_dot"], dtype=np.float64)
     h0_sq = np.asarray(result["tok_h_sq"], dtype=np.float64)[:, 0]

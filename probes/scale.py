@@ -22,7 +22,7 @@ import numpy as np
 
 from .adjacent import layer_norms
 from .errors import NotApplicable
-from .evidence import Evidence, Profile
+from .evidence import Evidence, Profile, require
 from .stats import evidence_vs_null_samples
 
 NULL_DRAWS = 2000
@@ -59,11 +59,14 @@ def mode1_share_null(tracks: np.ndarray, draws: int = NULL_DRAWS, seed: int = 0)
     return s[:, 0] ** 2 / (s ** 2).sum(axis=1)
 
 
-def low_dim(result: dict, seed: int = 0, draws: int = NULL_DRAWS) -> Evidence:
-    """Evidence that the mode-1 share of the scale track exceeds the layer-shuffle null."""
+def low_dim(result: dict, seed: int = 0, draws: int = NULL_DRAWS, min_layers: int = 3,
+            min_families: int = 2) -> Evidence:
+    """Evidence that the mode-1 share of the scale track exceeds the layer-shuffle null; N/A
+    (:func:`probes.evidence.require`) below ``min_families`` families with positive norms or
+    ``min_layers`` layers (one family's track is its own mode 1)."""
     fams, tracks = log_tracks(result)
-    if len(fams) < 2 or tracks.shape[1] < 3:
-        raise NotApplicable(f"need ≥ 2 families with positive norms and ≥ 3 layers; have {len(fams)}")
+    require(len(fams), max(min_families, 2), "family with positive norms", "")
+    require(tracks.shape[1], max(min_layers, 3), "layer", "in the model")
     centred = tracks - tracks.mean(axis=1, keepdims=True)
     if not np.any(np.abs(centred) > 1e-12):
         raise NotApplicable("every family's norm is constant across depth: no schedule to decompose")

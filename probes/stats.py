@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as sps
 
-from .evidence import Direction, Evidence, Profile
+from .evidence import Direction, Evidence, Profile, require
 
 Z95 = float(sps.norm.ppf(0.975))
 PERMUTATION_TEST_EXACT_MAX = 20000  # exact label enumeration up to this many splits
@@ -122,21 +122,21 @@ def clopper_pearson(k: int, n: int, conf: float = 0.95) -> tuple[float, float]:
 def paired_difference(diff: Sequence[float], direction: Direction = "greater",
                       null_kind: str = "no difference (paired t over pairs)",
                       min_pairs: int = 2, profile: Profile | None = None,
-                      **extra) -> Evidence:
+                      where: str = "", **extra) -> Evidence:
     """Evidence for "the mean of paired differences is positive" (or negative, or either, by
     ``direction``): one-sample t test of ``diff`` against 0 over its entries (e.g. a phase's
     adjacent pairs), null mean 0, null sd = the mean's standard error, effect oriented so the
     claimed direction is positive, 95 % t interval of that effect.
 
     Raises :class:`~probes.errors.NotApplicable` when there are fewer than ``min_pairs``
-    (default 2: one value has no spread, so no t statistic and no interval) or non-finite
+    (default 2: one value has no spread, so no t statistic and no interval; the reason is
+    :func:`probes.evidence.require`'s, ``where`` saying where: ``"on phase tail"``) or non-finite
     differences, or when every difference is equal (zero spread). So a claim built on it needs
     no guard of its own and never emits NumPy's "degrees of freedom <= 0" warnings.
     """
     from .errors import NotApplicable
     x = np.asarray(diff, dtype=float)
-    if x.size < min_pairs:
-        raise NotApplicable(f"{x.size} paired difference(s); need ≥ {min_pairs}")
+    require(x.size, min_pairs, "paired difference", where)
     if not np.all(np.isfinite(x)):
         raise NotApplicable("a paired difference is NaN/Inf (zero-norm or non-finite inputs)")
     if np.ptp(x) == 0:

@@ -157,6 +157,11 @@ class Model:
         model (``wpe.weight``: GPT-2's learned positions; ``norm.weight``), as stored."""
         raise NotImplementedError
 
+    def embedding_size(self) -> int | None:
+        """Rows of the stored input embedding matrix (None: unknown, the config's vocab_size
+        stands)."""
+        return None
+
     def embedding_rows(self, ids) -> torch.Tensor:
         """Rows ``ids`` (sorted, distinct token ids) of the input embedding matrix, as stored,
         without reading the rest of the vocabulary."""

@@ -17,7 +17,7 @@ import torch
 from probes.errors import StrataError
 from probes.models.adapters import Adapter, text_config
 from probes.models.base import Model
-from probes.models.random_init import hf_config
+from probes.models.random_init import buildable_pad, hf_config
 from probes.models.sources import DictSource, RandomSource, SafetensorsDir
 
 TWIN_SALT = "random-init/2"  # /2: drawn in row blocks (cheap row slices)
@@ -101,6 +101,11 @@ class LoadedModel(Model):
             raise StrataError(f"{self.spec}: no tensor {full!r} in the checkpoint")
         return self.source.get(full).clone()
 
+    def embedding_size(self) -> int | None:
+        """Rows of the stored input embedding (from the header; None if it is not stored)."""
+        name = self.adapter.embed_name
+        return int(self.source.shape(name)[0]) if name in self.source.names() else None
+
     def embedding_rows(self, ids) -> torch.Tensor:
         """Read in row chunks of at most EMBED_CHUNK_ROWS that hold a used id (at most the
         whole matrix once, never more than one chunk beyond the result)."""
@@ -130,7 +135,10 @@ class LoadedModel(Model):
     def _build_hf(self, dtype: torch.dtype):
         from transformers import AutoModelForCausalLM
         if self.hf_dir is not None:
-            return AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=dtype)
+            # a pad id outside the vocabulary: built from the corrected config (buildable_pad)
+            extra = ({} if buildable_pad(self.config) is self.config
+                     else {"config": hf_config(self.config)})
+            return AutoModelForCausalLM.from_pretrained(str(self.hf_dir), dtype=dtype, **extra)
         model = AutoModelForCausalLM.from_config(hf_config(self.config))
         state = {name: self.source.get(name) for name in self.source.names()}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -34,10 +34,32 @@ class TensorInit:
     std: float = 0.0
 
 
+def buildable_pad(config: dict) -> dict:
+    """``config`` with a ``pad_token_id`` the embedding module cannot hold set to None (also in
+    a nested ``text_config``): an id outside ``[-vocab_size, vocab_size)`` or not one integer.
+
+    The pad id only becomes the embedding's ``padding_idx``, which masks its row's gradient and
+    zeroes that row at init — it changes no forward pass — but ``nn.Embedding`` asserts it lies
+    inside the vocabulary, so a checkpoint whose config says ``pad_token_id = vocab_size`` (some
+    fine-tunes do: the pad token was added to the tokenizer, not to the embedding) could not be
+    built at all. Returns ``config`` itself when nothing changes."""
+    def fix(cfg: dict) -> dict:
+        pad, vocab = cfg.get("pad_token_id"), cfg.get("vocab_size")
+        ok = pad is None or vocab is None or (
+            isinstance(pad, int) and not isinstance(pad, bool) and -int(vocab) <= pad < int(vocab))
+        return cfg if ok else {**cfg, "pad_token_id": None}
+    out = fix(config)
+    text = config.get("text_config")
+    if isinstance(text, dict) and fix(text) is not text:
+        out = {**out, "text_config": fix(text)}
+    return out
+
+
 def hf_config(config: dict):
-    """A transformers ``PretrainedConfig`` from a config.json dict."""
+    """A transformers ``PretrainedConfig`` from a config.json dict (a pad id the embedding
+    cannot hold dropped: :func:`buildable_pad`)."""
     from transformers import AutoConfig
-    cfg = dict(config)
+    cfg = dict(buildable_pad(config))
     model_type = cfg.pop("model_type", None)
     if not model_type:
         raise StrataError("config has no 'model_type'; cannot build the model")
