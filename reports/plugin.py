@@ -283,7 +283,7 @@ class VerdictReport:
         from reports import terminal
         doc = json.loads(self.written[0].read_text())
         width = max(60, min(terminalreporter._tw.fullwidth, 160))
-        refuted = terminal.refuted_lines(doc, max(width, 100))
+        refuted = terminal.refuted_lines(doc, width)
         if refuted:
             terminalreporter.section("strata: refuted claims", red=True)
             for line in refuted:

@@ -170,7 +170,7 @@ def test_verdict_outcomes_and_twin_never_fails(pytester, tmp_path):
     assert result.ret == 1  # a refuted claim still fails the run (people guard claims in CI)
     result.stdout.fnmatch_lines(["test_toy.py StRtItNt*",
                                  "*strata: refuted claims*",
-                                 "toy · synthetic:tiny-llama: effect +0.01 ?-0.02, +0.04?, p 0.50, null 0 ± 0.1 — interval*",
+                                 "toy · synthetic:tiny-llama: effect +0.01 ?-0.02, +0.04?, p 0.50, null 0 ± 0.1*",
                                  "*strata: 1 supported, 1 refuted, 1 inconclusive, 1 n/a · twins: 1 of 4 supported*",
                                  "report: */verdicts.html*",
                                  "*1 supported, 4 twins, 1 refuted, 1 inconclusive, 1 n/a in *"])
