@@ -112,3 +112,11 @@ def mode1_share_atol(tracks: np.ndarray, rel_err: np.ndarray | float, lam: float
     size = float(np.linalg.norm(centred))
     share = float(s[0] ** 2) / size ** 2
     return lam * 2 * math.sqrt(share * (1 - share)) / size * float(np.max(rel_err))
+
+
+def mixed_dot_rtol(n: int, roundings: int = 1) -> float:
+    """Worst-case error of a dot product of n terms whose products are formed in float32 (each
+    rounded once, plus ``roundings − 1`` further float32 roundings of its operands, e.g. a
+    division by a norm) and summed in float64, relative to Σ|x_i y_i|: roundings·u₃₂ + γ_n(u₆₄).
+    No √n growth: the float32 errors are per term, the accumulation is float64."""
+    return roundings * U32 + gamma(max(int(n), 1), U64)
