@@ -157,28 +157,35 @@ def test_run_prints_the_table(tiny_ckpt, capsys, tmp_path):
 
 def test_activation_benchmark_runs_streamed_and_whole_model(tmp_path, capsys):
     """benchmarks.activations on a tiny checkpoint (byte tokens), with the whole-model
-    comparison: same statistics (0 relative difference on CPU), same verdicts, figures printed."""
+    comparison: same statistics (0 relative difference on CPU), same verdicts, figures printed.
+
+    The forward is pinned to float32: the checkpoint is bf16, so ``--dtype auto`` runs a bf16
+    forward on a CPU with AVX512-BF16/AMX (probes.forward_dtype) and float32 elsewhere, while the
+    hooked reference is float32 — auto made this test pass on AMD and fail on Intel Xeons
+    (relative differences up to 2.6: bf16 against float32, not rounding)."""
     from benchmarks import activations as bench_act
     out = tmp_path / "tok"
     assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "3", "--out", str(out)]) == 0
     report = tmp_path / "r.json"
     assert bench_act.main([str(out), "--calib-tokens", "200", "--compare-hooked",
-                           "--json", str(report)]) == 0
+                           "--dtype", "float32", "--json", str(report)]) == 0
     doc = json.loads(report.read_text())
     text = capsys.readouterr().out
     assert "per 1,000 tokens" in text and "peak RSS" in text
     assert all(doc["same_verdicts"].values())
-    assert max(doc["max_rel_diff"].values()) < 1e-6
+    # the same float32 ops on the same shapes: measured bitwise equal (0) under every ATEN / MKL
+    # capability and 1–2 threads; bound: two float32 orders of sums over tokens × hidden terms
+    assert max(doc["max_rel_diff"].values()) <= tol.agree_rtol(200 * 64)
     assert doc["streamed"]["memory"]["layers_in_memory"] == 1
     # the time split and the floor (issue 19), measured in the same run
     assert "time split" in text and "floor:" in text and "GFLOP/s" in text
     streamed = doc["streamed"]
-    assert streamed["forward"]["dtype"] == "float32"   # auto: the tiny config declares no bf16
+    assert streamed["forward"]["dtype"] == "float32"   # as asked (see the docstring)
     assert streamed["gemm_gflops"] > 0 and streamed["floor_s"] > 0
     parts = streamed["timing"]
     assert parts["forward_s"] > 0 and parts["forward_flops"] > 0
     assert sum(parts[k] for k in ("load_s", "forward_s", "gram_eigensolve_s", "token_scalars_s",
-                                  "isotropic_s")) <= parts["total_s"] + 1e-6
+                                  "isotropic_s")) <= parts["total_s"] + 1e-6  # float64 seconds
     assert all(v["seconds"] >= 0 for v in streamed["verdicts"].values())
 
 
