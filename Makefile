@@ -11,9 +11,9 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 TESTARGS ?= -n 2
 
-# The numerical tests (float32/float64 identities and probe-vs-reference comparisons; ≈ 200 tests,
-# 75 s on 2 cores), and the
-# kernels CI reruns them on: torch's generic ATen kernels instead of AVX2/AVX-512, MKL's AVX2
+# The numerical tests (float32/float64 identities and probe-vs-reference comparisons; ≈ 200
+# tests, 75 s on two cores), and the kernels CI reruns them on (make test-kernels): torch's
+# generic ATen kernels instead of AVX2/AVX-512, MKL's AVX2
 # GEMMs (what it runs on AMD CPUs), OpenBLAS' Haswell kernels, one thread (another blocking).
 # Each changes the bits of float32 sums and GEMMs, so a tolerance tuned to one CPU fails here.
 NUMERICAL_TESTS ?= tests/test_identities.py tests/test_adjacent.py tests/test_head_metric.py \
