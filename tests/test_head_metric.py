@@ -93,8 +93,8 @@ def test_compute_equals_dense_double_loop_and_blocks_do_not_matter():
     # the default float32 cross-layer matmuls (dots of n = hidden terms, then a float64 sum over
     # hd² entries): measured bound. The worst case 2·sum_rtol(n)·Σ‖k_i‖‖q_i‖·Σ‖k'_j‖‖q'_j‖ is
     # ≈ 2·hd·sum_rtol(n) ≈ 1e-4 of ‖g‖‖g'‖, but the hd² entries' errors are independent and
-    # cancel: ≈ √n·u/√hd ≈ 1e-7 typical; measured ≤ 1e-6 under every ATEN/MKL capability and
-    # 1–2 threads; 1e-5 is 10× that and 1e4 below a wrong head pairing (O(0.1))
+    # cancel: ≈ √n·u/√hd ≈ 1e-7 typical; measured 0.8e-7 … 1.0e-7 (ATen avx512/default, MKL
+    # AVX-512/AVX2/SSE4.2, 1–2 threads); 1e-5 is 100× that and 1e4 below a wrong head pairing
     f32 = hm.compute(model)
     nrm = hm.metric_norms(whole)
     np.testing.assert_allclose(f32["gram"] / (nrm[:, None] * nrm[None]),
@@ -298,9 +298,9 @@ def test_smollm2_gram_equals_per_head_double_loop_and_seed_fro_sq_differs(smollm
                 loop[a, b, h] = loop[b, a, h] = float((kk * qq).sum())
     nrm = np.sqrt(np.einsum("llh->lh", loop))
     err = np.abs(res["gram"] - loop) / (nrm[:, None] * nrm[None])
-    # float32 cross-layer matmuls, relative to ‖g‖‖g'‖: measured bound (≤ 5e-7 across the ATEN /
-    # MKL capabilities and 1–2 threads; typical √n·u/√hd ≈ 2e-7 at n = 576, hd = 64, the
-    # worst case 2·hd·sum_rtol(n) ≈ 1e-3 being loose since the hd² entries' errors cancel)
+    # float32 cross-layer matmuls, relative to ‖g‖‖g'‖: measured bound (0.6e-8 … 1.5e-8 across
+    # ATen avx512/default, MKL AVX-512/AVX2/SSE4.2, 1–2 threads; the typical √n·u/√hd ≈ 2e-7 at
+    # n = 576, hd = 64 is itself an overestimate, the worst case 2·hd·sum_rtol(n) ≈ 1e-3 far more)
     assert err.max() < 1e-6, err.max()
     # ‖g‖² = diagonal, checked against a dense g for the first layer's heads
     q, k = heads[0]
