@@ -77,7 +77,7 @@ def test_streamed_statistics_equal_dense_computation():
             ins[L].append(a.double().numpy())
             outs[L].append(b.double().numpy())
     # Per-token scalars: float64 arithmetic on the float32 states the streamed pass sees (the same
-    # float32 ops as this hooked forward: bitwise equal, measured); rel=1e-6 is float64's √n·u₆₄
+    # float32 ops as this hooked forward); rel=1e-6 is float64's √n·u₆₄
     # times 1e7 of room, the room for a kernel that blocks the two forwards' GEMMs differently (a
     # state's rounding u·‖h‖ becomes u·‖h‖/‖δ‖ ≈ 1e-6 in a statistic of δ = o − h, ‖δ‖ ≈ ‖h‖/10).
     window = 512  # activations.windows(tc, 512): float32 Gram of ≤ 512 tokens, summed in float64

@@ -173,8 +173,8 @@ def test_activation_benchmark_runs_streamed_and_whole_model(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "per 1,000 tokens" in text and "peak RSS" in text
     assert all(doc["same_verdicts"].values())
-    # the same float32 ops on the same shapes: measured bitwise equal (0) under every ATEN / MKL
-    # capability and 1–2 threads; bound: two float32 orders of sums over tokens × hidden terms
+    # the same float32 ops on the same shapes: measured bitwise equal (0, AVX-512 MKL, 2 threads);
+    # bound: two float32 orders of sums over tokens × hidden terms
     assert max(doc["max_rel_diff"].values()) <= tol.agree_rtol(200 * 64)
     assert doc["streamed"]["memory"]["layers_in_memory"] == 1
     # the time split and the floor (issue 19), measured in the same run
