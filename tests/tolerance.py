@@ -8,6 +8,11 @@ through OpenBLAS (``OPENBLAS_CORETYPE``), and the thread count changes the block
 kernel sums in its own order (SIMD lanes of 4, 8 or 16, blocks, a final horizontal reduction), so
 two float32 paths agree only to their rounding error, and a tolerance tuned on one CPU fails on
 another (issue 17: 0.7957742 vs 0.7957755 under ``abs=1e-6`` on an Intel CPU, passing on AMD).
+Measured with torch 2.13 (MKL 2024.2, oneDNN 3.12) and numpy's OpenBLAS 0.3.31 on an AVX-512
+Xeon: ``ATEN_CPU_CAPABILITY=default`` changes the bits of torch's sums, norms and matmuls, ``avx2``
+leaves them as ``avx512``; ``MKL_ENABLE_INSTRUCTIONS`` (AVX2, SSE4_2), ``MKL_CBWR`` and the
+thread count change torch's GEMMs; ``OPENBLAS_CORETYPE`` and the thread count change numpy's.
+``make test-kernels`` reruns the numerical tests on such a combination.
 
 The error analysis (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., §3–4):
 a sum of n terms in floating point with unit roundoff u, in any order, satisfies
@@ -48,7 +53,7 @@ UBF16 = 2.0 ** -8   # bfloat16 unit roundoff (8 significand bits)
 LAMBDA = 5.0        # typical-bound confidence: P(error > λ√n·u·Σ|x|) ≤ 2·exp(−λ²/2) = 7.5e-6
 
 __all__ = ["U32", "U64", "UBF16", "LAMBDA", "gamma", "sum_rtol", "agree_rtol", "cos_atol",
-           "f64_rtol", "unit_roundoff"]
+           "f64_rtol", "unit_roundoff", "mode1_share_atol", "mixed_dot_rtol"]
 
 
 def unit_roundoff(dtype) -> float:
