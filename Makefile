@@ -1,6 +1,7 @@
 # Strata: two commands from a fresh clone (needs only python3 with venv and pip).
 #   make verdicts   run every claim on the default model (or ARGS="--model=Qwen/Qwen3-4B")
 #   make test       the harness's own tests
+#   make test-kernels  the numerical tests again on other CPU kernels (CI's second pass)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,20 @@ TORCH  ?= torch==2.13.0
 ARGS   ?=
 TESTARGS ?= -n 2
 
-.PHONY: verdicts test install clean-cache
+# The numerical tests (float32/float64 identities and probe-vs-reference comparisons; ≈ 200
+# tests, 75 s on two cores), and the kernels CI reruns them on (make test-kernels): torch's
+# generic ATen kernels instead of AVX2/AVX-512, MKL's AVX2
+# GEMMs (what it runs on AMD CPUs), OpenBLAS' Haswell kernels, one thread (another blocking).
+# Each changes the bits of float32 sums and GEMMs, so a tolerance tuned to one CPU fails here.
+NUMERICAL_TESTS ?= tests/test_identities.py tests/test_adjacent.py tests/test_head_metric.py \
+                   tests/test_benchmarks_smoke.py tests/test_activations.py tests/test_residual.py \
+                   tests/test_gauge.py tests/test_forward_dtype.py tests/test_layer_stream.py \
+                   tests/test_fast_nulls.py tests/test_bf16_choice.py tests/test_models.py \
+                   tests/test_weight_rows.py tests/test_gguf_tensors.py
+KERNEL_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 \
+              $(if $(filter x86_64,$(shell uname -m)),OPENBLAS_CORETYPE=Haswell)
+
+.PHONY: verdicts test test-kernels install clean-cache
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +53,9 @@ verdicts: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/pytest tests/ $(TESTARGS)
+
+test-kernels: $(BIN)/.installed
+	env $(KERNEL_ENV) $(BIN)/pytest $(NUMERICAL_TESTS) $(TESTARGS)
 
 clean-cache: $(BIN)/.installed
 	$(BIN)/python -m probes.cache clear

@@ -17,9 +17,16 @@ is not done.
 ----------------------
 ``bfloat16`` when the checkpoint is stored in bf16 (its config's ``dtype``/``torch_dtype``) and
 the device multiplies bf16 fast: CUDA, or a CPU with AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo``
-flags ``amx_bf16``/``avx512_bf16``, else torch's own CPU probe). ``float32`` otherwise — on a CPU
-without those units torch emulates bf16 products and they run slower than float32. Checkpoints
-stored in float16 or quantized (GGUF, dequantized to float32) run in float32.
+flags ``amx_bf16``/``avx512_bf16``, else torch's own CPU probe) whose ATen kernels run at
+their AVX-512 level. ``float32`` otherwise — on a CPU without those units torch emulates bf16
+products and they run slower than float32, and with ``ATEN_CPU_CAPABILITY`` lowered (``default``,
+``avx2``) torch's bf16 kernels are not vectorised. Checkpoints stored in float16 or quantized
+(GGUF, dequantized to float32) run in float32.
+
+An explicit ``bfloat16`` on a CPU with ATen below AVX-512 runs attention by SDPA's math backend:
+torch's CPU flash-attention kernel sees AMX in the CPU and packs bf16 for it, which that ATen
+level lacks ("pack_vnni2 is only supported when avx512 is supported", torch 2.13, sequences of
+≳ 200 tokens).
 
 How far bf16 moves each statistic, against its null's spread: ``benchmarks/README.md``
 (``python -m benchmarks.bf16_effect``).
@@ -59,7 +66,15 @@ class ForwardDtype:
         """The context a decoder layer runs in: autocast to bf16, or nothing for float32."""
         if self.name == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(device).type, dtype=self.dtype)
+        kind = torch.device(device).type
+        cast = torch.autocast(device_type=kind, dtype=self.dtype)
+        if kind != "cpu" or not aten_below_avx512():
+            return cast
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        stack = contextlib.ExitStack()  # see the module docstring: torch's flash kernel fails here
+        stack.enter_context(cast)
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+        return stack
 
 
 def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
@@ -79,6 +94,17 @@ def cpu_bf16_units(cpuinfo: str | None = None) -> list[str]:
     return [flag for flag, fn in probes.items() if fn is not None and fn()]
 
 
+def aten_capability() -> str:
+    """The level torch's own CPU kernels run at: DEFAULT, AVX2, AVX512 (``ATEN_CPU_CAPABILITY``
+    lowers it below what the CPU has)."""
+    get = getattr(torch.backends.cpu, "get_cpu_capability", None)
+    return str(get()).upper() if get is not None else "AVX512"
+
+
+def aten_below_avx512() -> bool:
+    return not aten_capability().startswith("AVX512")
+
+
 def fast_bf16(device: str) -> tuple[bool, str]:
     """(does ``device`` multiply bf16 fast, in words)."""
     kind = torch.device(device).type
@@ -87,6 +113,9 @@ def fast_bf16(device: str) -> tuple[bool, str]:
     if kind != "cpu":
         return False, f"device {kind}: no bf16 detection"
     units = cpu_bf16_units()
+    if units and aten_below_avx512():
+        return False, (f"CPU with {'/'.join(units)} but torch's kernels at {aten_capability()} "
+                       "(ATEN_CPU_CAPABILITY): bf16 not vectorised")
     if units:
         return True, "CPU with " + "/".join(units)
     return False, "CPU without amx_bf16/avx512_bf16 (bf16 products are emulated, slower than float32)"

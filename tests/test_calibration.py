@@ -1,6 +1,10 @@
 """The calibration of the claims (benchmarks/calibration.py) and what it is built on: null models,
 the claim runner, planted strengths, the binomial interval, the paired-difference evidence."""
 
+# Tolerances (tests/tolerance.py): statistics are float64 (scipy references, pytest.approx's
+# default rel=1e-6 ≫ float64 rounding); abs=1e-4 on a printed 4-digit quantile; abs=0.03 on a
+# Monte Carlo mean is its sampling error.
+
 from __future__ import annotations
 
 import math

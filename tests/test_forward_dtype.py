@@ -51,12 +51,29 @@ def test_cpu_flags_are_read_from_cpuinfo():
 def test_auto_takes_the_checkpoint_bf16_only_where_it_is_fast(monkeypatch, config, device,
                                                               units, expected):
     monkeypatch.setattr(forward_dtype, "cpu_bf16_units", lambda cpuinfo=None: units)
+    monkeypatch.setattr(forward_dtype, "aten_capability", lambda: "AVX512")
     got = resolve("auto", device, config)
     assert got.name == expected and got.requested == "auto" and got.reason
     assert got.dtype == forward_dtype.DTYPES[expected]
     # an explicit choice is obeyed whatever the hardware
     assert resolve("float32", device, config).name == "float32"
     assert resolve("bfloat16", device, config).name == "bfloat16"
+
+
+@pytest.mark.parametrize("capability", ["DEFAULT", "AVX2"])
+def test_auto_is_float32_where_atens_kernels_are_below_avx512(monkeypatch, capability):
+    """ATEN_CPU_CAPABILITY=default/avx2 on a CPU with AMX: bf16 is not vectorised (and torch's
+    flash attention fails on it), so auto stays float32; an explicit bf16 runs (math SDPA)."""
+    monkeypatch.setattr(forward_dtype, "cpu_bf16_units", lambda cpuinfo=None: ["amx_bf16"])
+    monkeypatch.setattr(forward_dtype, "aten_capability", lambda: capability)
+    got = resolve("auto", "cpu", {"dtype": "bfloat16"})
+    assert got.name == "float32" and "ATEN_CPU_CAPABILITY" in got.reason
+    forward = resolve("bfloat16", "cpu", {"dtype": "bfloat16"})
+    q = torch.randn(1, 2, 256, 16)
+    with forward.autocast("cpu"):
+        out = torch.nn.functional.scaled_dot_product_attention(q.bfloat16(), q.bfloat16(),
+                                                               q.bfloat16(), is_causal=True)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
 def test_bad_dtype_is_a_strata_error():

@@ -10,6 +10,7 @@ import torch
 
 from hypotheses.test_head_metric_adjacent import CLAIM as ADJACENT_CLAIM
 from hypotheses.test_qk_sym_positive import CLAIM as POSITIVE_CLAIM
+from tests import tolerance as tol
 from probes import head_metric as hm
 from probes.cache import Cache
 from probes.errors import NotApplicable
@@ -77,6 +78,9 @@ def test_compute_equals_dense_double_loop_and_blocks_do_not_matter():
     assert whole["fold_norms"] is True
     gram, cross, eig, sv, trace = dense_reference(model, fold=True)
     scale = np.abs(gram).max()
+    # float64 against float64 (gram_dtype='float64'; spectra are float64 throughout): products of
+    # ≤ 10³ terms and small eigensolves err by ≈ √n·u₆₄·cond ≪ 1e-12, so 1e-10 / 1e-9 of the
+    # scale leave room for the eigensolvers' condition and are 1e9 below a wrong formula
     for res in (whole, one):
         np.testing.assert_allclose(res["gram"], gram, rtol=0, atol=1e-10 * scale)
         np.testing.assert_allclose(res["cross_adjacent"], cross, rtol=0, atol=1e-10 * scale)
@@ -86,7 +90,11 @@ def test_compute_equals_dense_double_loop_and_blocks_do_not_matter():
         padded = np.concatenate([ours, np.zeros(ours.shape[:-1] + (eig.shape[-1] - m,))], -1)
         np.testing.assert_allclose(-np.sort(-padded, -1), eig, atol=1e-9 * np.abs(eig).max())
         np.testing.assert_allclose(res["singular_values"], sv[..., :r], atol=1e-9 * sv.max())
-    # the default float32 cross-layer matmuls stay within 1e-5 of ‖g‖‖g'‖
+    # the default float32 cross-layer matmuls (dots of n = hidden terms, then a float64 sum over
+    # hd² entries): measured bound. The worst case 2·sum_rtol(n)·Σ‖k_i‖‖q_i‖·Σ‖k'_j‖‖q'_j‖ is
+    # ≈ 2·hd·sum_rtol(n) ≈ 1e-4 of ‖g‖‖g'‖, but the hd² entries' errors are independent and
+    # cancel: ≈ √n·u/√hd ≈ 1e-7 typical; measured 0.8e-7 … 1.0e-7 (ATen avx512/default, MKL
+    # AVX-512/AVX2/SSE4.2, 1–2 threads); 1e-5 is 100× that and 1e4 below a wrong head pairing
     f32 = hm.compute(model)
     nrm = hm.metric_norms(whole)
     np.testing.assert_allclose(f32["gram"] / (nrm[:, None] * nrm[None]),
@@ -103,16 +111,23 @@ def test_known_answers_on_hand_built_layers():
     model = array_model([q0, q0, -q0, q0, q0], [k0, k0, k0, q0, -q0], hd)
     res = hm.compute(model)
     cos = hm.metric_cosines(res)
-    np.testing.assert_allclose(cos[0, 1], 1, atol=1e-6)
-    np.testing.assert_allclose(cos[1, 2], -1, atol=1e-6)
+    # cross-layer inner products: float32 dots of n terms per entry, float64 sum over hd² entries;
+    # the norms are float64. Relative to ‖g‖‖g'‖ the error is ≤ 2·sum_rtol(n)·Σ_i‖k_i‖‖q_i‖·
+    # Σ_j‖k'_j‖‖q'_j‖/(‖g‖‖g'‖) ≤ 2·hd·sum_rtol(n) (Cauchy–Schwarz: Σ_i‖k_i‖‖q_i‖ ≤ √hd·‖g‖… up to
+    # the heads' conditioning; here hd = 3), plus the float32 rounding of the float64 inputs
+    cos_tol = 2 * hd * tol.sum_rtol(n) + 4 * tol.U32
+    np.testing.assert_allclose(cos[0, 1], 1, atol=cos_tol)
+    np.testing.assert_allclose(cos[1, 2], -1, atol=cos_tol)
     np.testing.assert_allclose(np.einsum("lhh->lh", hm.adjacent_cross_cosines(res))[:2],
-                               [[1, 1], [-1, -1]], atol=1e-6)
+                               [[1, 1], [-1, -1]], atol=cos_tol)
+    # per-layer spectra are float64 (head_metric: "per-layer quantities … float64 throughout"):
+    # a PSD g's eigenvalues are ≥ −√n·u₆₄·λ_max, so 1e-9 is 1e5 above float64 rounding
     share = hm.positive_shares(res)
     np.testing.assert_allclose(share[3], 1, atol=1e-9)
     np.testing.assert_allclose(share[4], 0, atol=1e-9)
     assert (res["sym_eigenvalues"][3] > -1e-9 * np.abs(res["sym_eigenvalues"][3]).max()).all()
     table = hm.head_table(res)
-    assert len(table) == 5 * h and table["next_layer_cos"].iloc[0] == pytest.approx(1, abs=1e-6)
+    assert len(table) == 5 * h and table["next_layer_cos"].iloc[0] == pytest.approx(1, abs=cos_tol)
 
 
 def test_fold_norms_applies_per_head_dim_gains():
@@ -128,12 +143,16 @@ def test_fold_norms_applies_per_head_dim_gains():
     assert res["fold_norms"] is True
     assert hm.compute(folded, fold_norms=False)["fold_norms"] is False
     qf, kf = hm.load_heads(folded, 0, True)
-    np.testing.assert_allclose(qf.numpy(), (q.reshape(4, hd, n) * gq[None, :, None]).numpy(), rtol=1e-6)
-    np.testing.assert_allclose(kf.numpy(), (k.reshape(2, hd, n) * gk[None, :, None]).numpy(), rtol=1e-6)
+    # float32 heads: the float64 weights rounded once, the gain product rounded once (2u)
+    np.testing.assert_allclose(qf.numpy(), (q.reshape(4, hd, n) * gq[None, :, None]).numpy(),
+                               rtol=2 * tol.U32)
+    np.testing.assert_allclose(kf.numpy(), (k.reshape(2, hd, n) * gk[None, :, None]).numpy(),
+                               rtol=2 * tol.U32)
     plain = array_model([q, q], [k, k], hd)
     assert hm.compute(plain)["fold_norms"] is False
     expected = hm.metric_inner(qf.double(), kf.double(), qf.double(), kf.double()).numpy()
-    np.testing.assert_allclose(res["gram"][0, 0], expected, rtol=1e-6)
+    # diagonal ‖g‖²: float64 per-layer path from the same float32 heads: float64 rounding only
+    np.testing.assert_allclose(res["gram"][0, 0], expected, rtol=tol.f64_rtol(n * hd * hd, 10))
 
 
 def _verdicts(model_spec):
@@ -279,10 +298,14 @@ def test_smollm2_gram_equals_per_head_double_loop_and_seed_fro_sq_differs(smollm
                 loop[a, b, h] = loop[b, a, h] = float((kk * qq).sum())
     nrm = np.sqrt(np.einsum("llh->lh", loop))
     err = np.abs(res["gram"] - loop) / (nrm[:, None] * nrm[None])
-    assert err.max() < 1e-6, err.max()  # float32 cross-layer matmuls, relative to ‖g‖‖g'‖
+    # float32 cross-layer matmuls, relative to ‖g‖‖g'‖: measured bound (0.6e-8 … 1.5e-8 across
+    # ATen avx512/default, MKL AVX-512/AVX2/SSE4.2, 1–2 threads; the typical √n·u/√hd ≈ 2e-7 at
+    # n = 576, hd = 64 is itself an overestimate, the worst case 2·hd·sum_rtol(n) ≈ 1e-3 far more)
+    assert err.max() < 1e-6, err.max()
     # ‖g‖² = diagonal, checked against a dense g for the first layer's heads
     q, k = heads[0]
     dense = np.array([np.sum((k[kv_of[h]].T @ q[h]).numpy() ** 2) for h in range(lay.num_heads)])
+    # ‖g‖² is float64 on both sides (same float32 heads): rounding ≈ √(hd²·n)·u₆₄ ≈ 1e-13
     np.testing.assert_allclose(np.diag(res["gram"][:, :, 0]), np.einsum("llh->lh", loop)[:, 0], rtol=1e-12)
     np.testing.assert_allclose(res["gram"][0, 0], dense, rtol=1e-10)
     seed = np.stack([hm.seed_fro_sq(q, k).numpy() for q, k in heads])

@@ -2,6 +2,10 @@
 definitions, the pooled verdict rule, each record's standard error, which models are pooled
 together (revisions, equal weights, N/A), the schema, zoo files and reports.merge's refusals."""
 
+# Tolerances (tests/tolerance.py): float64 statistics (statsmodels / scipy references, the same
+# formulas in another order): pytest.approx's default rel=1e-6 and the stated 1e-9…1e-12 are far
+# above float64 rounding of these ≤ 10²-term sums and far below a wrong formula.
+
 from __future__ import annotations
 
 import copy

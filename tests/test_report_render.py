@@ -2,6 +2,9 @@
 two-model document: self-contained HTML, one matrix cell per claim × model, one profile plot
 per record with a profile, heatmaps, escaping, and a terminal matrix within 100 columns."""
 
+# Tolerances (tests/tolerance.py): float64 layout arithmetic; abs=0.06/0.12 are SVG coordinates
+# rounded to 0.1 px by the renderer.
+
 from __future__ import annotations
 
 import copy

@@ -1,5 +1,11 @@
 """Residual-stream statistics and nulls on plain arrays: known answers, dense float64 checks."""
 
+# Tolerances (tests/tolerance.py): every path here is float64 numpy on float64 arrays, rounding
+# ≈ √n·u₆₄ ≈ 1e-15 times the problem's condition: 1e-9/1e-12 where the two sides are the same
+# formula rearranged, 1e-8·s² and 1e-6 where a Gram-based eigensolve meets an SVD (the Gram
+# squares the condition; hypothesis draws near-degenerate spectra); abs=0.005/0.015 are Monte
+# Carlo bounds (≈ 4 standard errors of the draws).
+
 import math
 
 import numpy as np
