@@ -84,7 +84,6 @@ float64; the per-layer quantities (‖g‖², spectra) are float64 throughout.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 from itertools import product as _product
 from typing import Mapping
@@ -94,6 +93,7 @@ import torch
 
 from probes.errors import NotApplicable
 from probes.progress import progress
+from probes.small_lapack import small_lapack
 from probes.evidence import Evidence, Matrix, Profile, require
 from probes.phases import adjacent_pairs
 from probes.stats import Z95, monte_carlo_p
@@ -316,49 +316,12 @@ def layer_spectra(q: torch.Tensor, k: torch.Tensor, topk: int = DEFAULT_TOPK,
                        method if 2 * hd <= n else "householder")
         return torch.linalg.eigvalsh(_jordan_wielandt(r_x, hd)).flip(-1)
 
-    with _small_lapack(q.device) as pool:
+    with small_lapack(q.device) as pool:
         sv_job, eig_job = pool.submit(singular), pool.submit(symmetric)
         s, left, right = sv_job.result()
         eig = eig_job.result()
     return {"norm_sq": norm_sq, "trace": trace, "singular_values": s,
             "left_vectors": left, "right_vectors": right, "sym_eigenvalues": eig}
-
-
-class _Inline:
-    """An executor that runs each job at once, in the caller's thread."""
-
-    @staticmethod
-    def submit(fn, *args):
-        fut = concurrent.futures.Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as exc:  # re-raised by .result(), as a pool's future would
-            fut.set_exception(exc)
-        return fut
-
-
-_LAPACK_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by thread count
-
-
-@contextlib.contextmanager
-def _small_lapack(device):
-    """An executor for batched small CPU factorisations (svd, eigvalsh, cholesky, qr of
-    ≤ 2·hd-sized matrices), each on one LAPACK thread: MKL's threaded LAPACK on such sizes gains
-    nothing and, on a busy machine, spins (measured 0.45 s on one thread vs 10-12 s on two for
-    one Qwen3-4B layer); instead independent factorisations run side by side in a pool of as many
-    threads as torch had (torch releases the GIL: svd ∥ eigvalsh 0.13 s vs 0.24 s one after
-    the other on 2 cores). Off the CPU, or with one thread, jobs run inline."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type != "cpu" or threads == 1:
-        yield _Inline()
-        return
-    if threads not in _LAPACK_POOLS:
-        _LAPACK_POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, "strata-lapack")
-    torch.set_num_threads(1)
-    try:
-        yield _LAPACK_POOLS[threads]
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _jordan_wielandt(r: torch.Tensor, hd: int) -> torch.Tensor:

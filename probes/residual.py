@@ -40,6 +40,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from .errors import NotApplicable
+from .small_lapack import batched_top_eigh, one_blas_thread
 from .evidence import Evidence, Matrix, Profile, require
 from .stats import Z95, monte_carlo_p, oriented
 
@@ -118,7 +119,8 @@ def spectrum_from_rows(rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray
     remaining d − T eigenvalues are 0. Costs T²d + T³ instead of d²T + d³."""
     rows = np.asarray(rows, dtype=np.float64)
     t, d = rows.shape
-    vals, vecs = np.linalg.eigh(rows @ rows.T)
+    with one_blas_thread():  # a few hundred rows: threads only spin (probes.small_lapack)
+        vals, vecs = np.linalg.eigh(rows @ rows.T)
     vals, vecs = np.clip(vals[::-1], 0.0, None), vecs[:, ::-1]
     k = min(k, d)
     top = np.zeros((k, d))
@@ -209,7 +211,9 @@ def loo_capture_batch(gram: np.ndarray, k: int, subsets: np.ndarray,
     For member L of subset S, X = stacked top-k directions of S∖{L} ((m−1)k × d); its top-r
     right singular vectors w_i = Xᵀa_i/σ_i (a_i, σ_i² eigenpairs of XXᵀ) span the basis, so
     ‖P u_L‖² = Σ_{i≤r} (a_iᵀ X u_L)²/σ_i², with X u_L and XXᵀ read off the direction Gram.
-    Eigenvalues below 1e-10 of the largest are ignored (rank-deficient stacks).
+    Eigenvalues below 1e-10 of the largest are ignored (rank-deficient stacks). The B
+    eigenproblems of each member ((m−1)k)² run batched, side by side on the cores
+    (:func:`probes.small_lapack.batched_top_eigh`).
     """
     subsets = np.asarray(subsets)
     b, m = subsets.shape
@@ -223,29 +227,11 @@ def loo_capture_batch(gram: np.ndarray, k: int, subsets: np.ndarray,
         target = subsets[:, j] * k                                   # top-1 row of member j
         xx = gram[rows[:, :, None], rows[:, None, :]]                # (B, R, R)
         xu = gram[rows, target[:, None]]                             # (B, R)
-        vals, vecs = _top_eigenpairs(xx, min(rank, rows.shape[1]))   # ascending, (B, r), (B, R, r)
+        vals, vecs = batched_top_eigh(xx, min(rank, rows.shape[1]))  # ascending, (B, r), (B, R, r)
         ok = vals > 1e-10 * vals[:, -1:]
         proj = np.einsum("bri,br->bi", vecs, xu)
         out[:, j] = np.where(ok, proj ** 2 / np.where(ok, vals, 1.0), 0.0).sum(axis=1)
     return np.clip(out, 0.0, 1.0)
-
-
-def _top_eigenpairs(mats: np.ndarray, r: int) -> tuple[np.ndarray, np.ndarray]:
-    """The r largest eigenvalues (ascending) and their eigenvectors of each symmetric matrix of
-    ``mats`` (B, R, R): LAPACK ``dsyevr`` over the index range R−r+1 … R, which reduces each
-    matrix to tridiagonal form and computes only those r eigenvectors (a full ``eigh`` also
-    builds the other R − r: ≈ 2× the time at R = 104, r = 8). Same values as ``eigh`` to
-    float64 rounding."""
-    from scipy.linalg import lapack
-    b, n, _ = mats.shape
-    vals, vecs = np.empty((b, r)), np.empty((b, n, r))
-    for i in range(b):
-        w, z, found, _, info = lapack.dsyevr(mats[i], compute_v=1, range="I", il=n - r + 1,
-                                             iu=n, lower=1)
-        if info != 0 or found != r:
-            raise np.linalg.LinAlgError(f"dsyevr failed ({info}, {found} of {r} eigenpairs)")
-        vals[i], vecs[i] = w[:r], z[:, :r]
-    return vals, vecs
 
 
 def loo_capture(topk: np.ndarray, members, rank: int = CAPTURE_RANK) -> np.ndarray:
