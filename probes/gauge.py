@@ -109,6 +109,7 @@ from .errors import NotApplicable
 from .evidence import Evidence, Profile, require
 from .models.base import GAUGE_FAMILIES, INTERNAL_SIDE, UNORDERED_FAMILIES
 from .phases import adjacent_pairs
+from .small_lapack import available_cores
 
 PROBE_ID = "gauge"
 VERSION = "4"
@@ -325,10 +326,7 @@ def default_threads() -> int:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    return available_cores()
 
 
 def params(seed: int, device: str = "cpu") -> dict:
