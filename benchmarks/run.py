@@ -207,8 +207,8 @@ def tiled(base, num_layers: int):
         def read_rows_into(self, layer, family, start, stop, out):
             return super().read_rows_into(layer % self.base_layers, family, start, stop, out)
 
-        def layer_state(self, layer, dtype=None):
-            return super().layer_state(layer % self.base_layers, dtype)
+        def layer_state(self, layer, dtype=None, reuse=None):
+            return super().layer_state(layer % self.base_layers, dtype, reuse)
 
     fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(LoadedModel)
               if f.init and not f.name.startswith("_")}

@@ -71,6 +71,8 @@ VERSION = 3  # 2: layer-streamed forward pass (same statistics to float32 roundi
 TOP_K = 8
 GRAM_BUDGET_BYTES = 1 << 30
 MAX_WINDOW = 1024
+# rows per float32 Gram GEMM (the precision of one full window's Gram)
+GRAM_BLOCK_ROWS = MAX_WINDOW
 
 
 def decoder_layers(hf_model, num_layers: int) -> list[torch.nn.Module]:
@@ -129,17 +131,42 @@ class LayerAccumulator:
 
     def add(self, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
         """Fold one window: ``h_in``, ``h_out`` (T, d) of this layer, first token dropped already."""
+        self.add_windows([(h_in, h_out)])
+
+    def add_windows(self, pairs) -> None:
+        """Fold consecutive windows ``[(h_in, h_out), …]`` (each (T, d), first token dropped).
+
+        Same statistics as :meth:`add` window by window, computed on the windows' rows stacked:
+        the Gram as one float32 GEMM per block of ≤ ``GRAM_BLOCK_ROWS`` rows (summed in
+        float64); the scalars window by window. Short windows each paid a d × d GEMM output,
+        its float64 conversion and its add: stacked, the built-in corpus's Grams took 44 s
+        instead of 53 s (Qwen3-4B shapes, AMD EPYC Zen 4, idle), the eigensolves (24 s) included."""
         t0 = time.perf_counter()
         if self.mode == "hidden":
-            # float32 Gram of one window (≤ MAX_WINDOW tokens), summed in float64
-            d32 = h_out.to(torch.float32) - h_in.to(torch.float32)
-            self.gram += (d32.T @ d32).to(torch.float64)
+            block: list[torch.Tensor] = []
+            for h_in, h_out in pairs:
+                block.append(h_out.to(torch.float32) - h_in.to(torch.float32))
+                if sum(x.shape[0] for x in block) >= GRAM_BLOCK_ROWS:
+                    self._add_gram(block)
+                    block = []
+            if block:
+                self._add_gram(block)
         elif self.mode == "tokens":
-            self.rows.append(h_out.to(torch.float64) - h_in.to(torch.float64))
+            self.rows.extend(h_out.to(torch.float64) - h_in.to(torch.float64)
+                             for h_in, h_out in pairs)
+        self.seconds["gram"] += time.perf_counter() - t0
+        if self.with_scalars:
+            # per window: float64 copies of a block would hold several × 2048 × d × 8 bytes
+            for h_in, h_out in pairs:
+                self._add_scalars(h_in, h_out)
+
+    def _add_gram(self, deltas: list[torch.Tensor]) -> None:
+        # float32 Gram of one block (< GRAM_BLOCK_ROWS + one window's rows), summed in float64
+        d32 = deltas[0] if len(deltas) == 1 else torch.cat(deltas)
+        self.gram += (d32.T @ d32).to(torch.float64)
+
+    def _add_scalars(self, h_in: torch.Tensor, h_out: torch.Tensor) -> None:
         t1 = time.perf_counter()
-        self.seconds["gram"] += t1 - t0
-        if not self.with_scalars:
-            return
         h = h_in.to(torch.float64)
         delta = h_out.to(torch.float64) - h
         out = h_out.to(torch.float64)
@@ -291,8 +318,7 @@ def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TO
     with progress(n, f"residual stream ({corpus.tokens} tokens)", unit="layer") as bar:
         for layer, inputs, outputs in stream.run(seqs):
             acc = LayerAccumulator(d, stream.device, with_gram=True, with_scalars=True, gram=gram)
-            for h_in, h_out in zip(inputs, outputs):
-                acc.add(h_in[0, 1:], h_out[0, 1:])
+            acc.add_windows([(h_in[0, 1:], h_out[0, 1:]) for h_in, h_out in zip(inputs, outputs)])
             hidden_bytes = max(hidden_bytes, sum(t.numel() * t.element_size()
                                                  for t in (*inputs, *outputs)))
             acc.finish_spectrum(top_k)

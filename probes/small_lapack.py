@@ -18,8 +18,10 @@ made inside :func:`one_blas_thread` use one OpenBLAS thread.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -77,17 +79,42 @@ def batched_top_eigh(mats: np.ndarray, r: int, chunk: int = 64) -> tuple[np.ndar
     matrix of ``mats`` (B, R, R): LAPACK's ``syevd`` through ``torch.linalg.eigh`` on chunks of
     ``chunk`` matrices, the chunks side by side in :func:`small_lapack`'s pool. Same values as
     a per-matrix ``dsyevr`` to float64 rounding (tests: 1e-12 relative)."""
-    b, n, _ = mats.shape
-    if b == 0:
-        return np.empty((0, r)), np.empty((0, n, r))
-    batch = torch.from_numpy(np.ascontiguousarray(mats, dtype=np.float64))
-    pieces = torch.split(batch, chunk)
-    with small_lapack("cpu") as pool:
-        futures = [pool.submit(torch.linalg.eigh, piece) for piece in pieces]
-        parts = [f.result() for f in futures]
-    vals = torch.cat([p.eigenvalues[:, n - r:] for p in parts]).numpy()
-    vecs = torch.cat([p.eigenvectors[:, :, n - r:] for p in parts]).numpy()
+    (vals, vecs), = top_eigh_stream([mats], r, chunk)   # consumed whole: the pool's with-block closes
     return vals, vecs
+
+
+def top_eigh_stream(batches: Iterable[np.ndarray], r: int, chunk: int = 64,
+                    ahead: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`batched_top_eigh` of each (B, R, R) batch that ``batches`` yields, in order, with
+    the next ``ahead`` batches drawn (the caller's work: gathering them) and queued on the pool
+    while the current one is solved — the caller's thread and the pool's overlap, and at most
+    ``ahead + 2`` batches are held. Consume it whole: torch runs on one thread until it ends."""
+    with small_lapack("cpu") as pool:
+        queue: collections.deque = collections.deque()
+        source = iter(batches)
+
+        def enqueue() -> bool:
+            mats = next(source, None)
+            if mats is None:
+                return False
+            b, n, _ = mats.shape
+            batch = torch.from_numpy(np.ascontiguousarray(mats, dtype=np.float64))
+            queue.append((b, n, [pool.submit(torch.linalg.eigh, piece)
+                                 for piece in torch.split(batch, chunk)] if b else []))
+            return True
+
+        for _ in range(ahead + 1):
+            if not enqueue():
+                break
+        while queue:
+            b, n, futures = queue.popleft()
+            enqueue()                       # drawn while the pool works on queued chunks
+            if b == 0:
+                yield np.empty((0, r)), np.empty((0, n, r))
+                continue
+            parts = [f.result() for f in futures]
+            yield (torch.cat([p.eigenvalues[:, n - r:] for p in parts]).numpy(),
+                   torch.cat([p.eigenvectors[:, :, n - r:] for p in parts]).numpy())
 
 
 def available_cores() -> int:

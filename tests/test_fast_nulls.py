@@ -18,6 +18,7 @@ from probes import activations, calibration, residual
 from probes.activations import LayerAccumulator, forward_flops
 from probes.models import open_model
 from probes.phases import default_phases
+from tests import tolerance as tol
 
 
 # -- the references (the code before issue 19) -----------------------------------------------
@@ -201,6 +202,40 @@ def test_accumulators_over_window_units_merge_to_the_serial_one(gram):
         assert merged.sums[key] == pytest.approx(value, rel=1e-12)
     assert torch.equal(torch.cat(merged.tok_dot), torch.cat(serial.tok_dot))
     assert merged.tokens == serial.tokens == 24
+
+
+@pytest.mark.parametrize("gram", ["hidden", "tokens"])
+def test_stacked_windows_give_the_window_by_window_statistics(gram, monkeypatch):
+    """``add_windows`` stacks short windows into Gram blocks of ≥ GRAM_BLOCK_ROWS rows (here 10:
+    windows of 5, 9, 3, 7, 12 rows make blocks of 14, 10 and 12): the float32 Gram equals the
+    dense float64 Σ δᵀδ to the float32 error of a block's dot products (δ rounded once, then
+    a sum over ≤ 14 rows); the scalars and per-token arrays are the window-by-window ones."""
+    monkeypatch.setattr(activations, "GRAM_BLOCK_ROWS", 10)
+    g = torch.Generator().manual_seed(3)
+    wins = [(torch.randn(n, 16, generator=g), torch.randn(n, 16, generator=g))
+            for n in (5, 9, 3, 7, 12)]
+    by_window = LayerAccumulator(16, "cpu", True, True, gram=gram)
+    for a, b in wins:
+        by_window.add(a, b)
+    blocks = []
+    add_gram = LayerAccumulator._add_gram
+    monkeypatch.setattr(LayerAccumulator, "_add_gram",
+                        lambda self, deltas: (blocks.append(sum(len(x) for x in deltas)),
+                                              add_gram(self, deltas)))
+    stacked = LayerAccumulator(16, "cpu", True, True, gram=gram)
+    stacked.add_windows(wins)
+    assert blocks == ([14, 10, 12] if gram == "hidden" else [])
+    delta = torch.cat([b.double() - a.double() for a, b in wins]).numpy()
+    if gram == "hidden":
+        dense = delta.T @ delta
+        bound = (tol.sum_rtol(14) + 2 * tol.U32) * (np.abs(delta).T @ np.abs(delta))
+        assert np.all(np.abs(stacked.gram.numpy() - dense) <= bound)
+    else:
+        np.testing.assert_array_equal(torch.cat(stacked.rows).numpy(), delta)
+    assert stacked.sums == by_window.sums
+    for name in ("tok_dot", "tok_delta_sq", "tok_h_sq"):
+        assert torch.equal(torch.cat(getattr(stacked, name)), torch.cat(getattr(by_window, name)))
+    assert stacked.tokens == by_window.tokens == 36
 
 
 def test_isotropic_reference_is_computed_once_per_shape():

@@ -79,9 +79,9 @@ def test_one_layer_at_a_time_every_window_first(monkeypatch):
                         lambda *a, **k: pytest.fail("the whole model was built"))
     real_state, real_rows = type(model).layer_state, type(model).embedding_rows
 
-    def layer_state(self, layer, dtype=None):
+    def layer_state(self, layer, dtype=None, reuse=None):
         events.append(("load", layer))
-        return real_state(self, layer, dtype)
+        return real_state(self, layer, dtype, reuse)
 
     def embedding_rows(self, ids):
         events.append(("embed", list(ids)))

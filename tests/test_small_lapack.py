@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.linalg import lapack
 
 from probes.small_lapack import (available_cores, batched_top_eigh, one_blas_thread,
-                                 small_lapack)
+                                 small_lapack, top_eigh_stream)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,6 +45,36 @@ def test_batched_top_eigh_equals_dsyevr(b, n, r, seed):
         simple = gaps > 1e-6 * scale
         assert np.all(overlap[simple] > 1 - 1e-9)
 
+
+
+@pytest.mark.parametrize("ahead", [0, 1, 3])
+def test_top_eigh_stream_gives_each_batch_in_order_and_draws_ahead(ahead):
+    """Each batch's result equals :func:`batched_top_eigh` of it alone (same kernel, same
+    chunks: identical bits), in order, an empty batch included; the stream draws at most
+    ``ahead`` + 1 batches beyond the one it yields (what bounds its memory), and torch's
+    thread count is back once it is consumed."""
+    rng = np.random.default_rng(7)
+    sizes = [40, 0, 17, 65, 3]
+    batches = [(lambda x: x @ x.transpose(0, 2, 1))(rng.standard_normal((b, 12, 15)))
+               for b in sizes]
+    drawn = []
+
+    def source():
+        for i, mats in enumerate(batches):
+            drawn.append(i)
+            yield mats
+
+    threads = torch.get_num_threads()
+    got = []
+    for i, (vals, vecs) in enumerate(top_eigh_stream(source(), 4, chunk=16, ahead=ahead)):
+        assert len(drawn) <= min(len(batches), i + ahead + 2)
+        got.append((vals, vecs))
+    assert torch.get_num_threads() == threads and len(got) == len(batches)
+    for mats, (vals, vecs) in zip(batches, got):
+        want_vals, want_vecs = batched_top_eigh(mats, 4, chunk=16)
+        assert vals.shape == (len(mats), 4) and vecs.shape == (len(mats), 12, 4)
+        np.testing.assert_array_equal(vals, want_vals)
+        np.testing.assert_array_equal(vecs, want_vecs)
 
 def test_small_lapack_runs_every_job_and_restores_threads():
     before = torch.get_num_threads()

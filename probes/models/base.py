@@ -75,6 +75,36 @@ class Layout:
         return head // self.group_size
 
 
+class TensorPool:
+    """Spare tensors by (shape, dtype), handed back by their last holder for the next reads of
+    the same kind: the layer-streamed pass reads every layer into the previous layer's memory.
+    Fresh memory costs a page fault per 4 kB on first touch — about half of a Qwen3-4B layer's
+    0.12 s read from the page cache (measured, AMD EPYC Zen 4) — memory already touched none.
+    Only whole, contiguous CPU tensors that own their storage are taken (a view would write
+    through into whatever else shares the storage)."""
+
+    def __init__(self):
+        self._spare: dict[tuple, list[torch.Tensor]] = {}
+
+    def give(self, tensors) -> None:
+        for t in tensors:
+            if (t.device.type == "cpu" and t.is_contiguous() and t.storage_offset() == 0
+                    and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+                    and t.numel() * t.element_size() >= 1 << 20):   # small ones are cheap
+                self._spare.setdefault((tuple(t.shape), t.dtype), []).append(t.detach())
+
+    def take(self, shape, dtype) -> torch.Tensor | None:
+        spare = self._spare.get((tuple(shape), dtype))
+        return spare.pop() if spare else None
+
+    def clear(self) -> None:
+        """Drop what was not taken (the pool must not hold memory beyond one handover)."""
+        self._spare.clear()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._spare.values())
+
+
 @dataclass
 class Model:
     """A resolved model spec. Subclasses implement :meth:`_read` and :meth:`hf_model`.
@@ -145,11 +175,14 @@ class Model:
         for layer in range(self.layout.num_layers):
             yield layer, self.layer_weights(layer, families)
 
-    def layer_state(self, layer: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def layer_state(self, layer: int, dtype: torch.dtype | None = None,
+                    reuse: "TensorPool | None" = None) -> dict[str, torch.Tensor]:
         """Every stored tensor of decoder layer ``layer``, named as in the architecture's
         decoder-layer module (``self_attn.q_proj.weight``, …), each read alone and converted to
         ``dtype`` (default: as stored): what the layer-streamed forward pass loads. Experts
-        stored one tensor per expert are stacked as the module holds them."""
+        stored one tensor per expert are stacked as the module holds them. ``reuse``: tensors
+        no one holds any more (the previous layer's) that a source able to read into memory
+        fills instead of allocating (:class:`TensorPool`)."""
         raise NotImplementedError
 
     def base_tensor(self, name: str) -> torch.Tensor:

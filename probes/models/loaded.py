@@ -16,7 +16,7 @@ import torch
 
 from probes.errors import StrataError
 from probes.models.adapters import Adapter, text_config
-from probes.models.base import Model
+from probes.models.base import Model, TensorPool
 from probes.models.random_init import buildable_pad, hf_config
 from probes.models.sources import DictSource, RandomSource, SafetensorsDir
 
@@ -84,15 +84,23 @@ class LoadedModel(Model):
         return self.source.get(name).clone()
 
     # -- forward pass ----------------------------------------------------------------------
-    def layer_state(self, layer: int, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    def layer_state(self, layer: int, dtype: torch.dtype | None = None,
+                    reuse: TensorPool | None = None) -> dict[str, torch.Tensor]:
         prefix = self.adapter.layer_prefix(layer)
         names = sorted(n for n in self.source.names() if n.startswith(prefix))
         if not names:
             raise StrataError(f"{self.spec}: no tensors for decoder layer {layer}")
+        # a source's tensors may be shared (a dict, a cache): copy unless the source hands out
+        # copies of its own
+        owned = getattr(self.source, "owned_copies", False)
+        into = reuse is not None and getattr(self.source, "reads_into", False)
         out = {}
         for name in names:
-            t = self.source.get(name)
-            out[name[len(prefix):]] = t.to(dtype, copy=True) if dtype is not None else t.clone()
+            buf = reuse.take(self.source.shape(name), self.source.dtype(name)) if into else None
+            t = self.source.get(name, out=buf) if buf is not None else self.source.get(name)
+            if dtype is not None:
+                t = t.to(dtype, copy=not owned)
+            out[name[len(prefix):]] = t if owned else t.clone()
         return self.adapter.module_state(out)
 
     def base_tensor(self, name: str) -> torch.Tensor:

@@ -65,21 +65,35 @@ def read_safetensors_header(path: Path) -> tuple[bytes, dict]:
     return raw, header
 
 
+# safetensors dtype names → torch (little-endian on disk, as on every machine torch runs on)
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+              "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+              "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
 class SafetensorsDir:
     """Tensors of a local HF-format directory, read lazily."""
+
+    # get() returns a tensor no one else holds (read into fresh memory): callers need not copy
+    # it again; get(name, out=t) reads into t (same shape and dtype as stored)
+    owned_copies = True
+    reads_into = True
 
     def __init__(self, directory: Path):
         self.dir = Path(directory)
         self.files: list[Path] = self._files()
         self.weight_map: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.spans: dict[str, tuple[int, int, str]] = {}   # file byte range, dtype name
         for f in self.files:
-            _, header = read_safetensors_header(f)
+            raw, header = read_safetensors_header(f)
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
                 self.weight_map[name] = f
                 self.shapes[name] = tuple(info["shape"])
+                begin, stop = info["data_offsets"]
+                self.spans[name] = (8 + len(raw) + begin, 8 + len(raw) + stop, info["dtype"])
 
     def _files(self) -> list[Path]:
         d = self.dir
@@ -118,9 +132,46 @@ class SafetensorsDir:
     # Each read opens the shard, copies what it needs and closes it: a handle kept open keeps
     # every page it has touched mapped into this process (on a 4B checkpoint a streamed pass
     # would show the whole 7.5 GB file in its RSS). Opening costs one small header parse.
-    def get(self, name: str) -> torch.Tensor:
-        with self._open(name) as f:
-            return f.get_tensor(name).clone()
+    def dtype(self, name: str) -> torch.dtype | None:
+        """The stored dtype (None: a kind read only through safetensors, e.g. float8)."""
+        return _ST_DTYPES.get(self.spans[name][2])
+
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        begin, stop, dtype = self.spans[name]
+        if dtype not in _ST_DTYPES:      # float8 and other rare kinds: through safetensors
+            with self._open(name) as f:
+                return f.get_tensor(name).clone()
+        if out is None:
+            out = torch.empty(self.shapes[name], dtype=_ST_DTYPES[dtype])
+        elif (tuple(out.shape) != self.shapes[name] or out.dtype != _ST_DTYPES[dtype]
+              or not out.is_contiguous() or out.device.type != "cpu"):
+            raise ValueError(f"{name}: out is {tuple(out.shape)} {out.dtype}, stored "
+                             f"{self.shapes[name]} {dtype}")
+        if out.numel() * out.element_size() != stop - begin:
+            raise StrataError(f"{self.weight_map[name]}: tensor {name} has {stop - begin} bytes "
+                              f"for shape {list(out.shape)} {dtype}; re-download or re-convert it")
+        self._read_into(name, begin, stop, out)
+        return out
+
+    def _read_into(self, name: str, begin: int, stop: int, out: torch.Tensor) -> None:
+        # read() straight into the tensor's memory: 3× faster than copying out of a map
+        # (measured: a Qwen3-4B layer from the page cache, 0.12 s against 0.35 s; the map's
+        # page faults cost more than the copy)
+        path = self.weight_map[name]
+        view = memoryview(out.view(-1).view(torch.uint8).numpy()) if out.numel() else None
+        try:
+            with open(path, "rb", buffering=0) as fh:
+                fh.seek(begin)
+                done = 0
+                while done < stop - begin:
+                    got = fh.readinto(view[done:])
+                    if not got:
+                        raise StrataError(f"{path} ended inside tensor {name} (truncated "
+                                          f"since it was opened); re-download it")
+                    done += got
+        except OSError as exc:
+            raise StrataError(f"cannot read safetensors file {path}: "
+                              f"{exc.strerror or exc}") from None
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` only: safetensors reads just that byte range of the map."""
@@ -182,6 +233,8 @@ class DictSource:
 class RandomSource:
     """Every tensor of the HF model for ``config``, drawn on demand from the architecture's
     init, seeded by ``(salt, name)``."""
+
+    owned_copies = True   # get() draws a fresh tensor
 
     def __init__(self, config: dict, salt: str, cache=None):
         self.plan: dict[str, TensorInit] = init_plan(config, cache)
