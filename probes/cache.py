@@ -168,6 +168,25 @@ class Cache:
         self._memo[key] = result
         return result
 
+    def cached(self, probe_id: str, version: str | int, fingerprint: str,
+               params: Mapping) -> Result | None:
+        """The valid entry for this key (kept for :meth:`get_or_compute`), or None; computes
+        nothing and takes no lock. None under ``refresh``."""
+        ingredients = _ingredients(probe_id, version, fingerprint, params)
+        key = hashlib.sha256(json.dumps(ingredients, sort_keys=True).encode()).hexdigest()
+        if key in self._memo:
+            return self._memo[key]
+        if self.refresh:
+            return None
+        result = _read(self.entry_path(probe_id, key), ingredients)
+        if result is not None:
+            self._memo[key] = result
+        return result
+
+    def forget(self) -> None:
+        """Drop the results held in memory (entries on disk stay)."""
+        self._memo.clear()
+
     # -- degraded modes --------------------------------------------------------------------
     def _notice(self, text: str) -> None:
         if text not in self.notices:

@@ -1,0 +1,132 @@
+"""``--cluster local:N`` against a serial run, side by side, and the scheduler's overhead per task.
+
+    python -m benchmarks.cluster [--scenario zoo|activations|gauge ...] [--workers 2]
+                                 [--checkpoint DIR] [--calib-tokens N] [--repeats R]
+
+Each scenario runs ``pytest hypotheses/...`` twice per repeat, in turn: serially with one thread
+(``OMP_NUM_THREADS=1``) and with ``--cluster local:N`` (N workers, one thread each), both with
+``--refresh-cache`` on one cache directory (probes recomputed, converted checkpoints reused), and
+prints the wall times and their ratio, the CPU and the load. The records of the two runs are
+compared (they must be equal). Scenarios:
+
+* ``zoo``: every claim on the default model, two synthetic models, and their twins;
+* ``activations``: the three activation claims on ``--checkpoint`` (Qwen3-4B shapes:
+  ``python -m benchmarks.make_checkpoint --shape qwen3-4b``) and its twin, ``--calib-tokens``;
+* ``gauge``: the two gauge claims on the default model and its twin.
+
+A probe of one model is one task: the speed-up comes from the models (a model and its twin are
+two) running side by side, not from splitting one model.
+
+``overhead``: the scheduler's round trip per task, from 200 empty tasks on the same cluster shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ACTIVATION_CLAIMS = ["hypotheses/test_phase_c_shared_subspace.py",
+                     "hypotheses/test_phase_e_specialized.py",
+                     "hypotheses/test_late_layers_change_least.py"]
+GAUGE_CLAIMS = ["hypotheses/test_aligned_delta_e_exceeds_c.py",
+                "hypotheses/test_gauge_delta_null.py"]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def scenario_args(name: str, opts) -> list[str]:
+    if name == "zoo":
+        return ["hypotheses/", "--model=smollm2-135m", "--model=synthetic:tiny-qwen3",
+                "--model=synthetic:planted-adjacent"]
+    if name == "activations":
+        if not opts.checkpoint:
+            raise SystemExit("--scenario activations needs --checkpoint DIR (Qwen3-4B shapes: "
+                             "python -m benchmarks.make_checkpoint --shape qwen3-4b)")
+        return [*ACTIVATION_CLAIMS, f"--model={opts.checkpoint}",
+                f"--calib-tokens={opts.calib_tokens}"]
+    if name == "gauge":
+        return [*GAUGE_CLAIMS, "--model=smollm2-135m"]
+    raise SystemExit(f"unknown scenario {name!r}")
+
+
+def run(args: list[str], cache: Path, report: Path) -> float:
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--refresh-cache",
+           f"--cache-dir={cache}", f"--report-dir={report}", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "STRATA_PROGRESS": "0"}
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    if not (report / "verdicts.json").exists():
+        raise SystemExit(f"run failed ({' '.join(args)}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    return wall
+
+
+def comparable(report: Path) -> list[str]:
+    keep = ("claim", "model", "phase", "family", "observed", "effect", "ci", "p", "verdict")
+    doc = json.loads((report / "verdicts.json").read_text())
+    return sorted(json.dumps({k: r[k] for k in keep}, sort_keys=True) for r in doc["records"])
+
+
+def overhead(workers: int, tasks: int = 200) -> float:
+    """Seconds per empty task, submitted together and gathered, on a local cluster."""
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                      memory_limit=0) as cluster, Client(cluster) as client:
+        client.gather(client.map(abs, range(tasks), pure=False))   # warm
+        t0 = time.perf_counter()
+        client.gather(client.map(abs, range(tasks, 2 * tasks), pure=False))
+        return (time.perf_counter() - t0) / tasks
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenario", action="append", choices=("zoo", "activations", "gauge"))
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--calib-tokens", type=int, default=326)
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--cache-dir", default=None,
+                    help="cache holding converted checkpoints (default $STRATA_CACHE_DIR)")
+    opts = ap.parse_args(argv)
+    cache = Path(opts.cache_dir or os.environ.get("STRATA_CACHE_DIR")
+                 or Path.home() / ".cache" / "strata")
+    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load before: "
+          f"{os.getloadavg()[0]:.2f}")
+    print(f"scheduler overhead: {overhead(opts.workers) * 1e3:.2f} ms per empty task "
+          f"(local:{opts.workers}, 200 tasks)")
+    for name in opts.scenario or ["zoo"]:
+        args = scenario_args(name, opts)
+        walls = {"serial": [], "cluster": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(opts.repeats):
+                for mode in ("serial", "cluster"):
+                    extra = [] if mode == "serial" else [f"--cluster=local:{opts.workers}"]
+                    walls[mode].append(run([*args, *extra], cache, Path(tmp) / f"{mode}{r}"))
+            same = comparable(Path(tmp) / "serial0") == comparable(Path(tmp) / "cluster0")
+        ratios = [s / c for s, c in zip(walls["serial"], walls["cluster"])]
+        print(f"{name}: serial (1 thread) {', '.join(f'{w:.1f}' for w in walls['serial'])} s; "
+              f"--cluster local:{opts.workers} (1 thread each) "
+              f"{', '.join(f'{w:.1f}' for w in walls['cluster'])} s; speed-up "
+              f"{', '.join(f'{x:.2f}x' for x in ratios)}; records equal: {same}; "
+              f"load after {os.getloadavg()[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

