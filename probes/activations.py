@@ -303,6 +303,60 @@ def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TO
     conversion), the forward, the Gram and its eigensolve, the per-token scalars, the
     isotropic reference."""
     t_start = time.perf_counter()
+    # each layer's spectrum taken as soon as its windows are in: one Gram alive at a time
+    run = _stream_share(model, corpus, 0, 1, device, forward, finish_top_k=top_k)
+    return _result(model, corpus, [run], top_k, seed, forward, t_start)
+
+
+@torch.no_grad()
+def compute_part(model, corpus: TokenizedCorpus, part: int, parts: int, device: str = "cpu",
+                 forward: ForwardDtype | None = None) -> dict:
+    """Unit ``part`` of ``parts`` of :func:`compute`, for running on separate workers: the
+    per-layer :class:`LayerAccumulator` of a contiguous share of the corpus's windows
+    (:func:`window_shares`: balanced by tokens), spectra not yet taken. The shares' Gram mode
+    (hidden or tokens) is decided from the whole corpus, so every part's accumulators merge.
+    :func:`combine_parts` merges the parts in order and takes the spectra: the result equals
+    :func:`compute`'s — per-token arrays, token-Gram spectra (T < d) bit for bit; the hidden
+    Gram and the scalar means to float64 rounding of their sums' order, plus, for the Gram,
+    float32 rounding of the one block of rows that straddles a share boundary (tested)."""
+    return _stream_share(model, corpus, part, parts, device, forward, finish_top_k=None)
+
+
+def combine_parts(model, corpus: TokenizedCorpus, results: list[dict], top_k: int = TOP_K,
+                  seed: int = 0, forward: ForwardDtype | None = None) -> dict:
+    """:func:`compute`'s result from every :func:`compute_part` of one split, in part order."""
+    t_start = time.perf_counter()
+    results = sorted(results, key=lambda r: r["part"])
+    if [r["part"] for r in results] != list(range(results[0]["parts"])):
+        raise ValueError("combine_parts needs every part of the split exactly once")
+    merged = results[0]["accumulators"]
+    for r in results[1:]:
+        for layer, acc in r["accumulators"].items():
+            merged[layer].merge(acc)
+    for acc in merged.values():
+        acc.finish_spectrum(top_k)
+    out = _result(model, corpus, results, top_k, seed, forward, t_start, merged)
+    out["timing"]["parts"] = len(results)
+    return out
+
+
+def window_shares(lengths: list[int], parts: int) -> list[range]:
+    """``parts`` contiguous ranges of window indices, each cut at the window boundary nearest
+    to an equal share of the tokens (shares differ by at most about one window; a range may be
+    empty when there are fewer windows than parts)."""
+    prefix = np.concatenate([[0], np.cumsum(lengths)])
+    bounds = [0]
+    for k in range(1, parts):
+        target = prefix[-1] * k / parts
+        i = int(np.searchsorted(prefix, target))
+        if i > 0 and (i == len(prefix) or target - prefix[i - 1] <= prefix[i] - target):
+            i -= 1
+        bounds.append(max(i, bounds[-1]))
+    bounds.append(len(lengths))
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _stream_share(model, corpus, part, parts, device, forward, finish_top_k):
     n, d = model.layout.num_layers, model.layout.hidden
     forward = forward or ForwardDtype("float32", "float32", "default")
     stream = LayerStream(model, device, forward)
@@ -312,37 +366,58 @@ def compute(model, corpus: TokenizedCorpus, device: str = "cpu", top_k: int = TO
         raise StrataError("calibration corpus gave no scored tokens")
     scored = sum(len(s) - 1 for s in seqs)
     gram = "tokens" if scored < d else "hidden"
+    share = [seqs[i] for i in window_shares([len(s) for s in seqs], parts)[part]]
     accs: dict[int, LayerAccumulator] = {}
     hidden_bytes = 0
-    seconds = {"gram": 0.0, "scalars": 0.0}
-    with progress(n, f"residual stream ({corpus.tokens} tokens)", unit="layer") as bar:
-        for layer, inputs, outputs in stream.run(seqs):
+    label = f"residual stream ({corpus.tokens} tokens" + (f", part {part + 1}/{parts})"
+                                                          if parts > 1 else ")")
+    with progress(n, label, unit="layer") as bar:
+        for layer, inputs, outputs in (stream.run(share) if share else ()):
             acc = LayerAccumulator(d, stream.device, with_gram=True, with_scalars=True, gram=gram)
             acc.add_windows([(h_in[0, 1:], h_out[0, 1:]) for h_in, h_out in zip(inputs, outputs)])
             hidden_bytes = max(hidden_bytes, sum(t.numel() * t.element_size()
                                                  for t in (*inputs, *outputs)))
-            acc.finish_spectrum(top_k)
-            for key in seconds:
-                seconds[key] += acc.seconds[key]
+            if finish_top_k is not None:
+                acc.finish_spectrum(finish_top_k)
+            elif acc.gram is not None:
+                acc.gram = acc.gram.cpu()   # what travels to the combining worker
             accs[layer] = acc
             del inputs, outputs   # only the next layer's inputs stay alive
             bar.update(1)
+    if not share:   # more parts than windows: empty accumulators merge as zeros
+        accs = {layer: LayerAccumulator(d, "cpu", with_gram=True, with_scalars=True, gram=gram)
+                for layer in range(n)}
+    return {"part": part, "parts": parts, "accumulators": accs, "gram": gram, "window": window,
+            "scored": scored, "lengths": [len(s) for s in seqs], "hidden_bytes": hidden_bytes,
+            "layer_bytes": stream.layer_bytes, "embedding_rows": stream.embedded_rows,
+            "timing": dict(stream.timing), "device": str(stream.device)}
+
+
+def _result(model, corpus, runs, top_k, seed, forward, t_start, accs=None) -> dict:
+    n, d = model.layout.num_layers, model.layout.hidden
+    forward = forward or ForwardDtype("float32", "float32", "default")
+    accs = accs if accs is not None else runs[0]["accumulators"]
+    first = runs[0]
+    seconds = {k: sum(a.seconds[k] for a in accs.values()) for k in ("gram", "scalars")}
     t_iso = time.perf_counter()
     isotropic_reference(accs[0].tokens, d, seed)  # timed here; _finalise reads it from the cache
     t_fin = time.perf_counter()
+    gram, scored = first["gram"], first["scored"]
     res = _finalise(accs, n, d, top_k, corpus, seed,
                     memory={"streamed": True, "layers_in_memory": 1,
-                            "layer_weight_bytes": stream.layer_bytes,
-                            "hidden_bytes": hidden_bytes, "gram": gram,
+                            "layer_weight_bytes": first["layer_bytes"],
+                            "hidden_bytes": max(r["hidden_bytes"] for r in runs), "gram": gram,
                             "gram_bytes": (d * d if gram == "hidden" else scored * d) * 8,
-                            "embedding_rows": stream.embedded_rows, "window": window})
+                            "embedding_rows": max(r["embedding_rows"] for r in runs),
+                            "window": first["window"]})
     done = time.perf_counter()
-    res["forward"] = {**forward.record(), "device": str(stream.device)}
-    res["timing"] = {"load_s": stream.timing["load_s"], "forward_s": stream.timing["forward_s"],
+    res["forward"] = {**forward.record(), "device": first["device"]}
+    res["timing"] = {"load_s": sum(r["timing"]["load_s"] for r in runs),
+                     "forward_s": sum(r["timing"]["forward_s"] for r in runs),
                      "gram_eigensolve_s": seconds["gram"], "token_scalars_s": seconds["scalars"],
                      "isotropic_s": t_fin - t_iso, "finalise_s": done - t_fin,
                      "total_s": done - t_start,
-                     "forward_flops": forward_flops(model.layout, [len(s) for s in seqs])}
+                     "forward_flops": forward_flops(model.layout, first["lengths"])}
     return res
 
 

@@ -178,3 +178,44 @@ def test_smollm2_last_layer_is_not_the_final_norm_artifact():
     assert artifact > 0.97  # what delta_svd.py reported (≈ 0.99)
     assert res["rel_step"][n - 1] < 0.95 and abs(res["rel_step"][n - 1] - artifact) > 0.05
     assert calibration.tokenize(calibration.load_corpus(), model.encode).tokens >= 2000
+
+
+@pytest.mark.parametrize("budget, gram", [(40, "tokens"), (None, "hidden")])
+@pytest.mark.parametrize("parts", [2, 3])
+def test_a_forward_split_by_token_windows_merges_to_the_serial_statistics(budget, gram, parts):
+    """--cluster-split: units of windows streamed separately, then merged, give compute()'s
+    result: per-token arrays and token-Gram spectra bit for bit; the hidden Gram to the float32
+    rounding of the block of rows that straddles a share boundary."""
+    model = open_model("synthetic:tiny-llama")
+    corpus = _corpus(model, budget)
+    serial = activations.compute(model, corpus)
+    units = [activations.compute_part(model, corpus, i, parts) for i in range(parts)]
+    assert {u["gram"] for u in units} == {gram} and all(u["accumulators"] for u in units)
+    assert sum(u["accumulators"][0].tokens for u in units) == serial["scored_tokens"]
+    merged = activations.combine_parts(model, corpus, units[::-1])   # any order in
+    for key in ("tok_delta_sq", "tok_dot", "tok_h_sq"):
+        assert np.array_equal(merged[key], serial[key]), key
+    for key in ("rel_step", "parallel_frac", "cos_delta_h", "angular_step", "delta_sq_mean"):
+        np.testing.assert_allclose(merged[key], serial[key], rtol=1e-12, err_msg=key)
+    if gram == "tokens":
+        assert np.array_equal(merged["eigvals"], serial["eigvals"])
+    else:
+        # Weyl: |Δλ| ≤ ‖ΔG‖₂; each path's float32 block GEMMs (≤ 2 × GRAM_BLOCK_ROWS rows)
+        # err by ≤ λ√k·u·Σ‖δ‖² (typical bound, tests/tolerance.py), Σ‖δ‖² = trace = Σλ
+        k = 2 * activations.GRAM_BLOCK_ROWS
+        bound = 2 * tol.LAMBDA * np.sqrt(k) * tol.U32 * serial["eigvals"].sum(axis=1)
+        assert (np.abs(merged["eigvals"] - serial["eigvals"]).max(axis=1) <= bound).all()
+    overlap = np.abs(np.einsum("lkd,lkd->lk", merged["top_dirs"], serial["top_dirs"]))
+    assert overlap[:, 0].min() > 1 - 1e-4   # the top direction (well separated here)
+    with pytest.raises(ValueError, match="every part"):
+        activations.combine_parts(model, corpus, units[:-1])
+
+
+def test_window_shares_cover_the_windows_in_order_with_balanced_tokens():
+    lengths = [1024, 1024, 300, 1024, 50, 1024, 800]
+    for parts in (1, 2, 3, 7, 9):
+        shares = activations.window_shares(lengths, parts)
+        assert len(shares) == parts
+        assert [i for r in shares for i in r] == list(range(len(lengths)))
+    two = activations.window_shares(lengths, 2)
+    assert abs(sum(lengths[i] for i in two[0]) - sum(lengths[i] for i in two[1])) <= 1024

@@ -213,3 +213,42 @@ def test_a_worker_with_other_weights_refuses_the_task(tmp_path):
     libs = {**good, "key": "0" * 64, "libraries": {"torch": "0.0"}}
     with pytest.raises(StrataError, match="its libraries are"):
         cluster.run_on_worker(libs)
+
+
+def close_records(a, b, rtol=1e-6):
+    """Same records (claims, models, verdicts, nulls) and numbers equal to ``rtol``."""
+    def rows(doc):
+        return sorted(doc["records"], key=lambda r: (r["claim"], r["model"], str(r["phase"]),
+                                                     str(r["family"])))
+    def same(x, y, where):
+        if isinstance(x, dict) and isinstance(y, dict):
+            assert x.keys() == y.keys(), (where, x, y)
+            for k in x:
+                same(x[k], y[k], (*where, k))
+        elif isinstance(x, float) and isinstance(y, float):
+            # a split forward sums the same tokens in another order: last-bit differences
+            assert abs(x - y) <= rtol * max(1.0, abs(x)), (where, x, y)
+        else:
+            assert x == y, (where, x, y)
+
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for k in ("claim", "model", "phase", "family", "verdict", "twin", "observed", "effect",
+                  "p"):
+            same(x[k], y[k], (x["claim"], x["model"], k))
+
+
+def test_activation_forward_split_by_windows_gives_the_serial_verdicts(tmp_path):
+    args = ["hypotheses/test_phase_c_shared_subspace.py", "hypotheses/test_phase_e_specialized.py",
+            "hypotheses/test_late_layers_change_least.py", "--model=synthetic:tiny-llama",
+            "--model=synthetic:tiny-qwen3"]
+    serial = run_pytest(args, tmp_path / "c1", tmp_path / "serial")
+    spread = run_pytest([*args, "--cluster=local:2", "--cluster-split=3"], tmp_path / "c2",
+                        tmp_path / "cluster")
+    assert "verdicts" in spread.stdout, spread.stdout[-3000:] + spread.stderr[-3000:]
+    a, b = records(tmp_path / "serial"), records(tmp_path / "cluster")
+    assert len(a["records"]) == 6  # three claims on two models
+    close_records(a, b)
+    # 4 models (with twins), each forward in 3 units + a combining task
+    assert "4 of 4 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]
