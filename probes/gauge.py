@@ -379,8 +379,9 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
                         perm_draws: int = PERM_NULL_DRAWS, threads: int | None = None,
                         min_draws: int = MIN_NULL_DRAWS, null_se: float = NULL_SE_TARGET,
                         device: str = "cpu", sim_dtype: torch.dtype | None = None,
-                        on_pair=None) -> dict:
-    """The probe on a stream of layers (each ``{family: [out, in] weight}``, in depth order).
+                        on_pair=None, first_layer: int = 0) -> dict:
+    """The probe on a stream of layers (each ``{family: [out, in] weight}``, in depth order;
+    the first is layer ``first_layer``: the pairs' seeds are their layer indices).
 
     Holds two prepared layers at a time. Null draws per pair and family: at least
     ``min(min_draws, cap)``, then one more at a time while the null mean's standard error
@@ -409,7 +410,7 @@ def compute_from_layers(layers: Iterable[Mapping[str, object]], draws: int = NUL
     pool = ThreadPoolExecutor(threads) if threads > 1 else None
     try:
         mapper = pool or _Serial()
-        for layer, weights in enumerate(layers):
+        for layer, weights in enumerate(layers, start=first_layer):
             present = {f: weights[f] for f in fams if weights.get(f) is not None}
             if sim_dtype is None and info["sim_dtype"] is None and mlp_families(present):
                 info["sim_dtype"] = assignment.similarity_dtype(
@@ -547,6 +548,69 @@ def compute(model, draws: int = NULL_DRAWS, seed: int = 0, perm_draws: int = PER
     out = compute_from_layers((w for _, w in model.iter_layers(fams)), draws=draws, seed=seed,
                               families=fams, perm_draws=perm_draws, threads=threads,
                               device=device, on_pair=on_pair, **kw)
+    out["absent"] = {f: r for f, r in getattr(model, "absent", {}).items()}
+    return out
+
+
+def pair_shares(num_layers: int, parts: int) -> list[range]:
+    """``parts`` contiguous ranges of adjacent pairs (pair L is layers L, L+1), as equal in
+    length as they can be (empty when there are fewer pairs than parts)."""
+    bounds = np.linspace(0, max(num_layers - 1, 0), parts + 1).round().astype(int)
+    return [range(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def compute_part(model, part: int, parts: int, draws: int = NULL_DRAWS, seed: int = 0,
+                 perm_draws: int = PERM_NULL_DRAWS, threads: int | None = None,
+                 device: str = "cpu", on_pair=None, **kw) -> dict:
+    """Unit ``part`` of ``parts`` of :func:`compute`, for separate workers: the pairs of
+    :func:`pair_shares`' range ``part`` (streaming their layers, the first and last of a share
+    read by two units). Every pair's alignments and null draws depend only on its two layers,
+    the seed and L, and the MLP similarity's dtype is decided on the first MLP layer as in
+    :func:`compute`, so :func:`combine_parts` gives :func:`compute`'s result bit for bit."""
+    share = pair_shares(model.layout.num_layers, parts)[part]
+    fams = [f for f in GAUGE_FAMILIES if f in model.families]
+    if kw.get("sim_dtype") is None and share.start > 0:
+        kw["sim_dtype"] = _first_similarity_dtype(model, fams, share.start, device)
+    layers = ((w for _, w in ((L, model.layer_weights(L, fams))
+                              for L in range(share.start, share.stop + 1)))
+              if len(share) else iter(()))
+    out = compute_from_layers(layers, draws=draws, seed=seed, families=fams,
+                              perm_draws=perm_draws, threads=threads, device=device,
+                              on_pair=on_pair, first_layer=share.start, **kw)
+    out["part"], out["parts"] = part, parts
+    return out
+
+
+def _first_similarity_dtype(model, fams, before: int, device) -> torch.dtype | None:
+    """What :func:`compute_from_layers` decides on the first layer with MLP weights, looked
+    up among layers ``0 … before`` (None: no MLP there, so the unit decides as it streams)."""
+    mlp = mlp_families([f for f in fams if f in INTERNAL_SIDE])
+    for layer in range(before + 1) if mlp else ():
+        present = model.layer_weights(layer, mlp)
+        if mlp_families(present):
+            return assignment.similarity_dtype([_t(present[f]) for f in mlp_families(present)],
+                                               torch.device(device))
+    return None
+
+
+def combine_parts(model, results: list[dict]) -> dict:
+    """:func:`compute`'s result from every :func:`compute_part` of one split: the pairs'
+    arrays concatenated in depth order; a family is kept when every unit with pairs has it."""
+    results = sorted(results, key=lambda r: r["part"])
+    if [r["part"] for r in results] != list(range(results[0]["parts"])):
+        raise ValueError("gauge.combine_parts needs every part of the split exactly once")
+    full = [r for r in results if len(r["pairs"])] or results[:1]
+    out = {k: full[0][k] for k in ("draws", "perm_draws", "seed", "similarity_dtype")}
+    out["pairs"] = np.concatenate([r["pairs"] for r in full])
+    out["families"] = [f for f in full[0]["families"] if all(f in r["families"] for r in full)]
+    for f in out["families"]:
+        for key in [k for k in full[0] if k.startswith(f + ".")]:
+            out[key] = np.concatenate([r[key] for r in full])
+    gaps = [r["assignment_gap"] for r in full if "assignment_gap" in r]
+    if gaps:
+        out["assignment_gap"] = np.concatenate(gaps)
+    inexact = sorted(r["assignment"] for r in full if r["assignment"] != "exact")
+    out["assignment"] = inexact[0] if inexact else "exact"
     out["absent"] = {f: r for f, r in getattr(model, "absent", {}).items()}
     return out
 

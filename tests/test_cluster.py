@@ -239,16 +239,19 @@ def close_records(a, b, rtol=1e-6):
             same(x[k], y[k], (x["claim"], x["model"], k))
 
 
-def test_activation_forward_split_by_windows_gives_the_serial_verdicts(tmp_path):
+def test_probes_split_into_units_give_the_serial_verdicts(tmp_path):
+    """--cluster-split 3: the activation forward by token windows, the gauge by adjacent pairs."""
     args = ["hypotheses/test_phase_c_shared_subspace.py", "hypotheses/test_phase_e_specialized.py",
-            "hypotheses/test_late_layers_change_least.py", "--model=synthetic:tiny-llama",
-            "--model=synthetic:tiny-qwen3"]
+            "hypotheses/test_late_layers_change_least.py",
+            "hypotheses/test_aligned_delta_e_exceeds_c.py", "hypotheses/test_gauge_delta_null.py",
+            "--model=synthetic:tiny-llama", "--model=synthetic:tiny-qwen3"]
     serial = run_pytest(args, tmp_path / "c1", tmp_path / "serial")
     spread = run_pytest([*args, "--cluster=local:2", "--cluster-split=3"], tmp_path / "c2",
                         tmp_path / "cluster")
     assert "verdicts" in spread.stdout, spread.stdout[-3000:] + spread.stderr[-3000:]
     a, b = records(tmp_path / "serial"), records(tmp_path / "cluster")
-    assert len(a["records"]) == 6  # three claims on two models
+    assert {r["claim"] for r in a["records"]} >= {"phase-C-shared-subspace",
+                                                  "aligned-delta-E-exceeds-C"}
     close_records(a, b)
-    # 4 models (with twins), each forward in 3 units + a combining task
-    assert "4 of 4 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]
+    # 2 probes × 4 models (with twins), each in 3 units + a combining task
+    assert "8 of 8 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]

@@ -391,6 +391,32 @@ def test_planted_gauge_equivalence_refuted_in_e_supported_in_c(planted_results):
                       0.05).verdict == "SUPPORTED", f
 
 
+def _assert_same_result(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
+        else:
+            assert value == b[key], key
+
+
+@pytest.mark.parametrize("parts", [2, 3, 40])
+def test_split_by_adjacent_pairs_merges_to_the_serial_result_bit_for_bit(planted_results,
+                                                                         parts):
+    """--cluster-split: units of adjacent pairs (one boundary layer read by two units; more
+    units than pairs leaves some empty) concatenate to compute()'s arrays exactly."""
+    from probes.models import open_model
+    model = open_model("synthetic:planted-gauge")
+    serial, _ = planted_results["synthetic:planted-gauge"]
+    shares = gauge.pair_shares(model.layout.num_layers, parts)
+    assert [L for r in shares for L in r] == list(range(model.layout.num_layers - 1))
+    units = [gauge.compute_part(model, i, parts) for i in range(parts)]
+    assert sum(len(u["pairs"]) for u in units) == len(serial["pairs"])
+    _assert_same_result(gauge.combine_parts(model, units[::-1]), serial)   # any order in
+    with pytest.raises(ValueError, match="every part"):
+        gauge.combine_parts(model, units[1:])
+
+
 def test_threads_do_not_change_the_result():
     layers = [random_layer(np.random.default_rng(k)) for k in range(3)]
     one = gauge.compute_from_layers(layers, draws=3, seed=1, threads=1)
