@@ -1,21 +1,28 @@
 """``--cluster local:N`` against a serial run, side by side, and the scheduler's overhead per task.
 
-    python -m benchmarks.cluster [--scenario zoo|activations|gauge ...] [--workers 2]
-                                 [--checkpoint DIR] [--calib-tokens N] [--repeats R]
+    python -m benchmarks.cluster [--scenario zoo|activations|split|gauge|gauge-split ...]
+                                 [--workers 2] [--checkpoint DIR] [--gauge-checkpoint DIR]
+                                 [--calib-tokens N] [--repeats R] [--warmup]
 
 Each scenario runs ``pytest hypotheses/...`` twice per repeat, in turn: serially with one thread
 (``OMP_NUM_THREADS=1``) and with ``--cluster local:N`` (N workers, one thread each), both with
 ``--refresh-cache`` on one cache directory (probes recomputed, converted checkpoints reused), and
 prints the wall times and their ratio, the CPU and the load. The records of the two runs are
-compared (they must be equal). Scenarios:
+compared (equal claims, models and verdicts; numbers to 1e-6 relative, since a split forward
+sums the same tokens in another order). Scenarios:
 
-* ``zoo``: every claim on the default model, two synthetic models, and their twins;
+* ``zoo``: every claim on the default model, two synthetic models, and their twins
+  (``--calib-tokens``);
 * ``activations``: the three activation claims on ``--checkpoint`` (Qwen3-4B shapes:
   ``python -m benchmarks.make_checkpoint --shape qwen3-4b``) and its twin, ``--calib-tokens``;
-* ``gauge``: the two gauge claims on the default model and its twin.
+* ``split``: the three activation claims on ``--checkpoint`` alone (``--no-twin``), the
+  cluster run with ``--cluster-split N`` (N = workers): one model's forward across the workers;
+* ``gauge``: the two gauge claims on ``--gauge-checkpoint`` (else ``--checkpoint``, else the
+  default model) and its twin; ``gauge-split``: on that model alone, the cluster run with
+  ``--cluster-split N``.
 
-A probe of one model is one task: the speed-up comes from the models (a model and its twin are
-two) running side by side, not from splitting one model.
+Without ``--cluster-split`` a probe of one model is one task: the speed-up comes from the models
+(a model and its twin are two) running side by side.
 
 ``overhead``: the scheduler's round trip per task, from 200 empty tasks on the same cluster shape.
 """
@@ -53,16 +60,25 @@ def cpu_name() -> str:
 def scenario_args(name: str, opts) -> list[str]:
     if name == "zoo":
         return ["hypotheses/", "--model=smollm2-135m", "--model=synthetic:tiny-qwen3",
-                "--model=synthetic:planted-adjacent"]
-    if name == "activations":
+                "--model=synthetic:planted-adjacent", *_budget(opts)]
+    if name in ("activations", "split"):
         if not opts.checkpoint:
-            raise SystemExit("--scenario activations needs --checkpoint DIR (Qwen3-4B shapes: "
-                             "python -m benchmarks.make_checkpoint --shape qwen3-4b)")
+            raise SystemExit(f"--scenario {name} needs --checkpoint DIR (Qwen3-4B shapes: "
+                             "python -m benchmarks.make_checkpoint --shape qwen3-4b --tokenizer "
+                             "DIR)")
         return [*ACTIVATION_CLAIMS, f"--model={opts.checkpoint}",
-                f"--calib-tokens={opts.calib_tokens}"]
+                *_budget(opts), *(["--no-twin"] if name == "split" else [])]
     if name == "gauge":
-        return [*GAUGE_CLAIMS, "--model=smollm2-135m"]
+        return [*GAUGE_CLAIMS,
+                f"--model={opts.gauge_checkpoint or opts.checkpoint or 'smollm2-135m'}"]
+    if name == "gauge-split":
+        return [*GAUGE_CLAIMS, "--no-twin",
+                f"--model={opts.gauge_checkpoint or opts.checkpoint or 'smollm2-135m'}"]
     raise SystemExit(f"unknown scenario {name!r}")
+
+
+def _budget(opts) -> list[str]:
+    return [f"--calib-tokens={opts.calib_tokens}"] if opts.calib_tokens else []
 
 
 def run(args: list[str], cache: Path, report: Path) -> float:
@@ -77,10 +93,24 @@ def run(args: list[str], cache: Path, report: Path) -> float:
     return wall
 
 
-def comparable(report: Path) -> list[str]:
+def same_records(a: Path, b: Path, rtol: float = 1e-6) -> bool:
+    """Equal claims, models, phases, families and verdicts; numbers equal to ``rtol``."""
     keep = ("claim", "model", "phase", "family", "observed", "effect", "ci", "p", "verdict")
-    doc = json.loads((report / "verdicts.json").read_text())
-    return sorted(json.dumps({k: r[k] for k in keep}, sort_keys=True) for r in doc["records"])
+
+    def rows(report):
+        doc = json.loads((report / "verdicts.json").read_text())
+        return sorted(({k: r[k] for k in keep} for r in doc["records"]),
+                      key=lambda r: json.dumps([r["claim"], r["model"], r["phase"], r["family"]]))
+
+    def close(x, y):
+        if isinstance(x, (list, tuple)) and isinstance(y, (list, tuple)):
+            return len(x) == len(y) and all(map(close, x, y))
+        if isinstance(x, float) and isinstance(y, float):
+            return abs(x - y) <= rtol * max(1.0, abs(x))
+        return x == y
+
+    ra, rb = rows(a), rows(b)
+    return len(ra) == len(rb) and all(close(x[k], y[k]) for x, y in zip(ra, rb) for k in keep)
 
 
 def overhead(workers: int, tasks: int = 200) -> float:
@@ -96,10 +126,17 @@ def overhead(workers: int, tasks: int = 200) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--scenario", action="append", choices=("zoo", "activations", "gauge"))
+    ap.add_argument("--scenario", action="append", choices=("zoo", "activations", "split", "gauge", "gauge-split"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--checkpoint", default=None)
-    ap.add_argument("--calib-tokens", type=int, default=326)
+    ap.add_argument("--calib-tokens", type=int, default=None,
+                    help="token budget of the activation and zoo scenarios (default: the whole "
+                         "built-in corpus, 4,345 tokens)")
+    ap.add_argument("--gauge-checkpoint", default=None,
+                    help="model for the gauge scenario (default --checkpoint, else the default "
+                         "model); Qwen3-4B shapes cut to a few layers: make_checkpoint --layers 7")
+    ap.add_argument("--warmup", action="store_true",
+                    help="one untimed serial run first (page cache, file hashes, conversions)")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--cache-dir", default=None,
                     help="cache holding converted checkpoints (default $STRATA_CACHE_DIR)")
@@ -114,11 +151,15 @@ def main(argv=None) -> int:
         args = scenario_args(name, opts)
         walls = {"serial": [], "cluster": []}
         with tempfile.TemporaryDirectory() as tmp:
+            if opts.warmup:
+                run(args, cache, Path(tmp) / "warmup")
             for r in range(opts.repeats):
                 for mode in ("serial", "cluster"):
                     extra = [] if mode == "serial" else [f"--cluster=local:{opts.workers}"]
+                    if mode == "cluster" and name.endswith("split"):
+                        extra.append(f"--cluster-split={opts.workers}")
                     walls[mode].append(run([*args, *extra], cache, Path(tmp) / f"{mode}{r}"))
-            same = comparable(Path(tmp) / "serial0") == comparable(Path(tmp) / "cluster0")
+            same = same_records(Path(tmp) / "serial0", Path(tmp) / "cluster0")
         ratios = [s / c for s, c in zip(walls["serial"], walls["cluster"])]
         print(f"{name}: serial (1 thread) {', '.join(f'{w:.1f}' for w in walls['serial'])} s; "
               f"--cluster local:{opts.workers} (1 thread each) "

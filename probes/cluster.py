@@ -47,6 +47,28 @@ class Engine:
     def workers(self) -> int:
         return len(self.client.scheduler_info(n_workers=-1).get("workers", {}))
 
+    def record(self) -> None:
+        """Start recording the scheduler's task stream (every task's compute and transfers)."""
+        from distributed import get_task_stream
+        self._stream = get_task_stream(self.client)
+        self._stream.__enter__()
+
+    def activity(self) -> dict:
+        """Since :meth:`record`: tasks run, seconds computing and moving results between
+        workers (Dask's task stream), and the workers that did it."""
+        stream, self._stream = getattr(self, "_stream", None), None
+        if stream is None:
+            return {}
+        stream.__exit__(None, None, None)
+        seconds = {"compute": 0.0, "transfer": 0.0}
+        for row in stream.data:
+            for step in row.get("startstops", ()):
+                if step["action"] in seconds:
+                    seconds[step["action"]] += step["stop"] - step["start"]
+        return {"tasks": len(stream.data), "compute_s": seconds["compute"],
+                "transfer_s": seconds["transfer"],
+                "workers": len({row.get("worker") for row in stream.data} - {None})}
+
     def close(self) -> None:
         try:
             self.client.close()
@@ -116,11 +138,37 @@ def worker_threads() -> int:
     if not _threads_set:
         import torch
         from threadpoolctl import threadpool_limits
+        restore_malloc_thresholds()
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
         threadpool_limits(limits=threads, user_api="blas")
         _threads_set = True
     return threads
+
+
+# glibc's mallopt parameters and the ceilings of its own adaptive thresholds (64-bit)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 64 << 20
+
+
+def restore_malloc_thresholds() -> bool:
+    """Undo Dask's ``MALLOC_TRIM_THRESHOLD_=65536`` (set on every worker its nanny spawns, to hand
+    freed memory back quickly). Setting it switches off glibc's adaptive mmap threshold, so each
+    buffer above 128 KiB — every activation, Gram block and GEMM workspace of a forward pass — is
+    a fresh mmap, zeroed page by page, and munmapped when freed: on Qwen3-4B shapes 27× the page
+    faults and a 1.35× slower probe (benchmarks/README.md, More than one machine). Here the
+    thresholds are fixed where glibc's adaptive ones end: buffers up to 32 MiB are reused from
+    the heap, and free memory above 64 MiB is still returned. Linux/glibc only; True if set."""
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        return False
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+                    and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def worker_name() -> str:

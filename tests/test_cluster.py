@@ -255,3 +255,41 @@ def test_probes_split_into_units_give_the_serial_verdicts(tmp_path):
     close_records(a, b)
     # 2 probes × 4 models (with twins), each in 3 units + a combining task
     assert "8 of 8 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]
+
+
+WHERE_A_BUFFER_LIVES = """
+import ctypes, sys, torch
+from probes import cluster
+class MallInfo2(ctypes.Structure):   # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "restore":
+    assert cluster.restore_malloc_thresholds()
+before = libc.mallinfo2()
+buf = torch.empty(1 << 20)                                # 4 MiB: what a forward allocates
+after = libc.mallinfo2()
+print((after.hblkhd - before.hblkhd) >> 20, (after.uordblks - before.uordblks) >> 20)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_dask_workers_malloc_setting_is_undone_so_buffers_come_from_the_heap():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 on its workers, which pins glibc's mmap
+    threshold at 128 KiB: every 4 MiB buffer is then its own mmap (zeroed page by page, unmapped
+    when freed); with the thresholds restored it comes from the heap, reused."""
+    def mib_mapped_and_heap(mode):
+        env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", WHERE_A_BUFFER_LIVES, mode], cwd=ROOT,
+                             env=env, capture_output=True, text=True)
+        if "mallinfo2" in out.stderr:
+            pytest.skip("glibc older than 2.33 (no mallinfo2)")
+        assert out.returncode == 0, out.stderr
+        return tuple(int(x) for x in out.stdout.split())
+    assert mib_mapped_and_heap("dask") == (4, 0)
+    assert mib_mapped_and_heap("restore") == (0, 4)
+    plain = {k: v for k, v in os.environ.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+    code = "from probes import cluster; print(cluster.restore_malloc_thresholds())"
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=plain, capture_output=True,
+                          text=True, check=True).stdout.strip() == "False"
