@@ -122,6 +122,10 @@ class Session:
     def probe(self, model, probe_id, version, params, compute):
         return self.cache.get_or_compute(probe_id, version, model.fingerprint, params, compute)
 
+    def request(self, model, req):
+        """As ``StrataSession.request``: the cached or computed result of a ``ProbeRequest``."""
+        return self.probe(model, req.probe_id, req.version, req.params, req.compute)
+
 
 def probe_fixture(name: str) -> Callable:
     """The undecorated function of the probe fixture ``name`` (takes ``strata``, ``model``)."""
