@@ -181,6 +181,16 @@ def test_a_bad_cluster_address_is_a_usage_error(tmp_path, bad):
     assert f"ERROR: strata: --cluster {bad}" in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--cluster=local:2", "--cluster-split=0"], "--cluster-split 0: need 1 or more units"),
+    (["--cluster-split=2"], "--cluster-split splits probes into tasks for a cluster: add"),
+])
+def test_a_bad_split_is_a_usage_error(tmp_path, args, message):
+    result = run_pytest(["hypotheses/test_adjacent_far_from_null.py",
+                         "--model=synthetic:tiny-qwen3", *args], tmp_path / "c")
+    assert result.returncode == 4 and f"ERROR: strata: {message}" in result.stderr
+
+
 def test_cluster_and_xdist_together_are_refused(tmp_path):
     result = run_pytest(["hypotheses/test_adjacent_far_from_null.py", "-n", "2",
                          "--model=synthetic:tiny-qwen3", "--cluster=local:2"], tmp_path / "c")
