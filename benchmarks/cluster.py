@@ -135,6 +135,9 @@ def main(argv=None) -> int:
     ap.add_argument("--gauge-checkpoint", default=None,
                     help="model for the gauge scenario (default --checkpoint, else the default "
                          "model); Qwen3-4B shapes cut to a few layers: make_checkpoint --layers 7")
+    ap.add_argument("--cluster-split", type=int, default=1,
+                    help="--cluster-split for every scenario's cluster run (the split scenarios "
+                         "use the number of workers)")
     ap.add_argument("--warmup", action="store_true",
                     help="one untimed serial run first (page cache, file hashes, conversions)")
     ap.add_argument("--repeats", type=int, default=1)
@@ -150,19 +153,21 @@ def main(argv=None) -> int:
     for name in opts.scenario or ["zoo"]:
         args = scenario_args(name, opts)
         walls = {"serial": [], "cluster": []}
+        split = opts.workers if name.endswith("split") else opts.cluster_split
         with tempfile.TemporaryDirectory() as tmp:
             if opts.warmup:
                 run(args, cache, Path(tmp) / "warmup")
             for r in range(opts.repeats):
                 for mode in ("serial", "cluster"):
                     extra = [] if mode == "serial" else [f"--cluster=local:{opts.workers}"]
-                    if mode == "cluster" and name.endswith("split"):
-                        extra.append(f"--cluster-split={opts.workers}")
+                    if mode == "cluster" and split > 1:
+                        extra.append(f"--cluster-split={split}")
                     walls[mode].append(run([*args, *extra], cache, Path(tmp) / f"{mode}{r}"))
             same = same_records(Path(tmp) / "serial0", Path(tmp) / "cluster0")
         ratios = [s / c for s, c in zip(walls["serial"], walls["cluster"])]
         print(f"{name}: serial (1 thread) {', '.join(f'{w:.1f}' for w in walls['serial'])} s; "
-              f"--cluster local:{opts.workers} (1 thread each) "
+              f"--cluster local:{opts.workers} (1 thread each"
+              f"{'' if split < 2 else f', split {split}'}) "
               f"{', '.join(f'{w:.1f}' for w in walls['cluster'])} s; speed-up "
               f"{', '.join(f'{x:.2f}x' for x in ratios)}; records equal: {same}; "
               f"load after {os.getloadavg()[0]:.2f}")
