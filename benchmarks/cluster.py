@@ -113,6 +113,24 @@ def same_records(a: Path, b: Path, rtol: float = 1e-6) -> bool:
     return len(ra) == len(rb) and all(close(x[k], y[k]) for x, y in zip(ra, rb) for k in keep)
 
 
+def timeline(report: Path, longest: int = 6) -> list[str]:
+    """The cluster run's tasks (``cluster-tasks.json`` beside its report): each worker's busy
+    seconds and when it finished, and the longest tasks with their start and seconds."""
+    path = report / "cluster-tasks.json"
+    if not path.exists():
+        return []
+    tasks = json.loads(path.read_text())["tasks"]
+    out = []
+    for worker in sorted({t["worker"] for t in tasks}):
+        mine = [t for t in tasks if t["worker"] == worker]
+        end = max(t["start"] + t["compute_s"] + t["transfer_s"] for t in mine)
+        out.append(f"  worker {worker}: {len(mine)} tasks, {sum(t['compute_s'] for t in mine):.1f}"
+                   f" s computing, last done {end:.1f} s after submission")
+    for t in sorted(tasks, key=lambda t: -t["compute_s"])[:longest]:
+        out.append(f"  {t['compute_s']:7.1f} s from {t['start']:6.1f} s  {t['key']}")
+    return out
+
+
 def overhead(workers: int, tasks: int = 200) -> float:
     """Seconds per empty task, submitted together and gathered, on a local cluster."""
     from distributed import Client, LocalCluster
@@ -164,6 +182,7 @@ def main(argv=None) -> int:
                         extra.append(f"--cluster-split={split}")
                     walls[mode].append(run([*args, *extra], cache, Path(tmp) / f"{mode}{r}"))
             same = same_records(Path(tmp) / "serial0", Path(tmp) / "cluster0")
+            tasks = timeline(Path(tmp) / f"cluster{opts.repeats - 1}")
         ratios = [s / c for s, c in zip(walls["serial"], walls["cluster"])]
         print(f"{name}: serial (1 thread) {', '.join(f'{w:.1f}' for w in walls['serial'])} s; "
               f"--cluster local:{opts.workers} (1 thread each"
@@ -171,6 +190,9 @@ def main(argv=None) -> int:
               f"{', '.join(f'{w:.1f}' for w in walls['cluster'])} s; speed-up "
               f"{', '.join(f'{x:.2f}x' for x in ratios)}; records equal: {same}; "
               f"load after {os.getloadavg()[0]:.2f}")
+        if tasks:
+            print(f"{name}: the last cluster run's tasks (cluster-tasks.json):")
+            print("\n".join(tasks))
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures.plugin import get_session
+from fixtures.plugin import get_session, report_directory
 from probes.errors import NotApplicable
 from probes.evidence import Claim, Evidence, decide
 from probes.stats import holm
@@ -273,9 +273,7 @@ class VerdictReport:
         if hasattr(self.config, "workerinput") or not self.records:
             return  # xdist workers never write; a run without claims writes nothing
         doc = build_document(self.config, self.records, self.models, self.started)
-        out = Path(self.config.getoption("report_dir")
-                   or Path(self.config.rootpath) / "reports" / "out")
-        self.written = write_report(doc, out)
+        self.written = write_report(doc, report_directory(self.config))
 
     def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
         if not self.written:

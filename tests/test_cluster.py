@@ -34,6 +34,14 @@ def test_local_cluster_gives_the_serial_records_for_three_models(tmp_path):
     # 3 models + 3 twins, 4 probes each: all computed on the cluster, none twice
     summary = [line for line in spread.stdout.splitlines() if "strata: cluster local:2" in line]
     assert summary and "24 of 24 planned probes computed on 2 worker(s)" in summary[0], summary
+    # beside the report: every task, where and when it ran (the balance the totals hide)
+    timeline = json.loads((tmp_path / "cluster" / "cluster-tasks.json").read_text())["tasks"]
+    assert len(timeline) == 24 and len({t["worker"] for t in timeline}) == 2
+    starts = [t["start"] for t in timeline]
+    assert starts == sorted(starts) and starts[0] >= 0 and all(t["compute_s"] > 0 for t in timeline)
+    probes = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream")
+    names = {t["key"].rsplit("-", 1)[0] for t in timeline}   # "<probe>_<model>-<random hex>"
+    assert len(names) == 24 and all(n.startswith(probes) for n in names), names
     # the client cached every result: a serial rerun on that cache computes nothing
     again = run_pytest([*CLAIMS, *THREE_MODELS, "--cluster=local:2"], tmp_path / "c2",
                        tmp_path / "again")
@@ -303,3 +311,156 @@ def test_dask_workers_malloc_setting_is_undone_so_buffers_come_from_the_heap():
     code = "from probes import cluster; print(cluster.restore_malloc_thresholds())"
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=plain, capture_output=True,
                           text=True, check=True).stdout.strip() == "False"
+
+
+# -- the order of work: tasks longest first, tests as their probes arrive ------------------
+def test_tasks_start_longest_first_and_unestimated_ones_last():
+    from probes.cluster import start_order
+    assert start_order([1.0, 5.0, 3.0, 5.0]) == [1, 3, 2, 0]   # ties: given order
+    assert start_order([-1.0, 0.5, 0.0]) == [1, 0, 2]          # -1: not estimated
+    assert start_order([]) == []
+
+
+class FakeTask:
+    def __init__(self):
+        self.finished = False
+
+    def done(self):
+        return self.finished
+
+
+class FakeNode:
+    def __init__(self, name, parent=None):
+        self.name, self.parent = name, parent
+
+    def listchain(self):
+        return (self.parent.listchain() if self.parent else []) + [self]
+
+
+def arrival_run(items, waits, arrivals):
+    """Run ArrivalOrder as fixtures/cluster.py's loop does; each wait makes the next task of
+    ``arrivals`` arrive. Returns the order run, the (item, nextitem) pairs handed to pytest and
+    how many times the loop waited."""
+    from fixtures.cluster import ArrivalOrder
+    arriving = iter(arrivals)
+    waited = []
+
+    def wait_first(tasks):
+        assert tasks and not any(t.done() for t in tasks)   # waits only when nothing is ready
+        next(arriving).finished = True
+        waited.append(1)
+
+    order = ArrivalOrder(items, waits, wait_first)
+    ran, handed = [], []
+    item = order.first_ready()
+    while item is not None:
+        nextitem, committed = order.after(item)
+        ran.append(item)
+        handed.append((item, nextitem))
+        item = nextitem if committed else order.first_ready()
+    return ran, handed, len(waited)
+
+
+def test_tests_run_as_their_probes_arrive_and_pytests_setup_state_holds():
+    """Two modules of two model-parametrized tests; the cluster delivers model b's probe before
+    model a's. Tests of b run first, every test runs once, and each ``nextitem`` pytest is
+    given shares with the test that really runs next every collector it shares with the test
+    before (what pytest's SetupState asserts: nothing set up that the next test lacks)."""
+    session = FakeNode("session")
+    directory = FakeNode("hypotheses", session)
+    m1, m2 = FakeNode("test_one.py", directory), FakeNode("test_two.py", directory)
+    items = [FakeNode(f"{m.name}::test[{model}]", m) for m in (m1, m2) for model in "ab"]
+    for it in items:
+        it.nodeid = it.name
+    probe_a, probe_b = FakeTask(), FakeTask()
+    waits = {it.nodeid: [probe_a if it.nodeid.endswith("[a]") else probe_b] for it in items}
+    ran, handed, waited = arrival_run(items, waits, arrivals=[probe_b, probe_a])
+    assert [it.nodeid for it in ran] == ["test_one.py::test[b]", "test_two.py::test[b]",
+                                         "test_one.py::test[a]", "test_two.py::test[a]"]
+    assert waited == 2
+    for (item, nextitem), actual in zip(handed, [*ran[1:], None]):
+        if nextitem is None:
+            assert actual is None
+            continue
+        kept = [a for a, b in zip(item.listchain(), nextitem.listchain()) if a is b]
+        assert all(node in actual.listchain() for node in kept), (item.name, nextitem.name,
+                                                                  actual.name)
+
+
+def test_tests_without_pending_probes_run_in_collection_order_without_waiting():
+    session = FakeNode("session")
+    module = FakeNode("test_one.py", session)
+    items = [FakeNode(f"test_{i}", module) for i in range(4)]
+    for it in items:
+        it.nodeid = it.name
+    ran, handed, waited = arrival_run(items, {it.nodeid: [] for it in items}, arrivals=[])
+    assert ran == items and waited == 0
+    assert [n for _, n in handed] == [*items[1:], None]   # every next test known: committed
+
+
+class ManualTask:
+    """An engine's task that finishes when the test says so (callbacks run at once)."""
+
+    def __init__(self, name, args):
+        self.name, self.args, self.future = name, args, f"future:{name}"
+        self.finished, self.callbacks = False, []
+
+    def done(self):
+        return self.finished
+
+    def add_done_callback(self, fn):
+        if self.finished:
+            fn(self)
+        else:
+            self.callbacks.append(fn)
+
+    def finish(self):
+        self.finished = True
+        for fn in self.callbacks:
+            fn(self)
+
+    def result(self, timeout=None):
+        return self.name
+
+
+class ManualEngine:
+    def __init__(self, slots):
+        self.n, self.started = slots, {}
+
+    def slots(self):
+        return self.n
+
+    def submit(self, fn, *args, name):
+        if name == "unreachable":
+            raise OSError("scheduler gone")
+        self.started[name] = ManualTask(name, args)
+        return self.started[name]
+
+
+def test_the_dispatcher_starts_tasks_in_order_as_slots_free_and_merges_first():
+    from probes.cluster import Dispatcher
+    engine = ManualEngine(slots=2)
+    d = Dispatcher(engine)
+    long_, p0, p1, short = (d.add(print, name=n) for n in ("long", "p0", "p1", "short"))
+    merge = d.after([p0, p1], print, "task", name="merge")
+    assert list(engine.started) == ["long", "p0"]          # two slots: two running
+    assert not p1.done() and p1.task is None               # waits on the client, not a worker
+    engine.started["p0"].finish()
+    assert list(engine.started) == ["long", "p0", "p1"]
+    engine.started["p1"].finish()
+    # the merge goes ahead of "short", with the parts' futures after its own arguments
+    assert list(engine.started) == ["long", "p0", "p1", "merge"]
+    assert engine.started["merge"].args == ("task", "future:p0", "future:p1")
+    engine.started["long"].finish()
+    assert list(engine.started)[-1] == "short"
+    d.wait_first([long_, short])                           # one is done: returns at once
+    assert merge.result() == "merge" and long_.done() and not short.done()
+
+
+def test_a_task_the_engine_refuses_raises_in_its_result():
+    from probes.cluster import Dispatcher
+    d = Dispatcher(ManualEngine(slots=1))
+    gone = d.add(print, name="unreachable")
+    assert gone.done()
+    with pytest.raises(OSError, match="scheduler gone"):
+        gone.result()
