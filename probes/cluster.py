@@ -224,6 +224,7 @@ class Dispatcher:
     def __init__(self, engine):
         self.engine = engine
         self.waiting: deque = deque()
+        self.groups: list = []   # (parts, pending, fn, args, name) of merges not yet queued
         self.running = 0
         self.changed = threading.Condition()
 
@@ -236,18 +237,8 @@ class Dispatcher:
 
     def after(self, parts: list["Pending"], fn, *args, name: str) -> "Pending":
         pending = Pending(self.changed)
-        left = [len(parts)]
-
-        def part_done(_task):
-            with self.changed:
-                left[0] -= 1
-                if left[0]:
-                    return
-                futures = tuple(p.task.future for p in parts)
-                self.waiting.appendleft((pending, fn, (*args, *futures), name))
-            self._dispatch()
-        for p in parts:
-            p.add_done_callback(part_done)
+        with self.changed:
+            self.groups.append((list(parts), pending, fn, args, name))
         return pending
 
     def _dispatch(self) -> None:
@@ -268,6 +259,17 @@ class Dispatcher:
     def _finished(self, _task) -> None:
         with self.changed:
             self.running -= 1
+            # a merge whose parts are all done goes first, in the slot its last part freed:
+            # decided here, in the same callback, so no waiting unit can take that slot first
+            for group in [g for g in self.groups if all(p.done() for p in g[0])]:
+                self.groups.remove(group)
+                parts, pending, fn, args, name = group
+                failed = next((p.error for p in parts if p.error is not None), None)
+                if failed is not None:
+                    pending._fail(failed)
+                    continue
+                self.waiting.appendleft((pending, fn, (*args, *(p.task.future for p in parts)),
+                                         name))
             self.changed.notify_all()
         self._dispatch()
 

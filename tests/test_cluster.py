@@ -464,3 +464,14 @@ def test_a_task_the_engine_refuses_raises_in_its_result():
     assert gone.done()
     with pytest.raises(OSError, match="scheduler gone"):
         gone.result()
+
+
+def test_a_merge_whose_part_was_refused_raises_the_parts_error():
+    from probes.cluster import Dispatcher
+    engine = ManualEngine(slots=2)
+    d = Dispatcher(engine)
+    ok, gone = d.add(print, name="p0"), d.add(print, name="unreachable")
+    merge = d.after([ok, gone], print, name="merge")
+    engine.started["p0"].finish()
+    with pytest.raises(OSError, match="scheduler gone"):
+        merge.result()
