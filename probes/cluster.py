@@ -232,26 +232,44 @@ class Dispatcher:
         pending = Pending(self.changed)
         with self.changed:
             self.waiting.append((pending, fn, args, name))
-        self._dispatch()
+            self._dispatch()
         return pending
 
     def after(self, parts: list["Pending"], fn, *args, name: str) -> "Pending":
         pending = Pending(self.changed)
         with self.changed:
             self.groups.append((list(parts), pending, fn, args, name))
+            self._dispatch()   # its parts may be done, or refused, already
         return pending
+
+    def _queue_ready_merges(self) -> None:
+        """Put each merge whose parts are all done first in line (so it takes the slot its last
+        part freed, before any waiting unit); fail at once a merge one of whose parts failed."""
+        for group in [g for g in self.groups
+                      if any(p.error is not None for p in g[0]) or all(p.done() for p in g[0])]:
+            self.groups.remove(group)
+            parts, pending, fn, args, name = group
+            failed = next((p.error for p in parts if p.error is not None), None)
+            if failed is not None:
+                pending._fail(failed)
+                continue
+            self.waiting.appendleft((pending, fn, (*args, *(p.task.future for p in parts)), name))
 
     def _dispatch(self) -> None:
         with self.changed:
             slots = max(1, self.engine.slots())
-            while self.waiting and self.running < slots:
+            while True:
+                # under the lock, in the same call that frees a slot: no unit takes it first
+                self._queue_ready_merges()
+                if not self.waiting or self.running >= slots:
+                    break
                 pending, fn, args, name = self.waiting.popleft()
                 try:
                     task = self.engine.submit(fn, *args, name=name)
                 except Exception as exc:   # the scheduler went away: the test gets the error
                     pending._fail(exc)
                     self.changed.notify_all()
-                    continue
+                    continue   # (a merge waiting on it fails on the next turn)
                 self.running += 1
                 pending._start(task)
                 pending.add_done_callback(self._finished)
@@ -259,19 +277,8 @@ class Dispatcher:
     def _finished(self, _task) -> None:
         with self.changed:
             self.running -= 1
-            # a merge whose parts are all done goes first, in the slot its last part freed:
-            # decided here, in the same callback, so no waiting unit can take that slot first
-            for group in [g for g in self.groups if all(p.done() for p in g[0])]:
-                self.groups.remove(group)
-                parts, pending, fn, args, name = group
-                failed = next((p.error for p in parts if p.error is not None), None)
-                if failed is not None:
-                    pending._fail(failed)
-                    continue
-                self.waiting.appendleft((pending, fn, (*args, *(p.task.future for p in parts)),
-                                         name))
             self.changed.notify_all()
-        self._dispatch()
+            self._dispatch()   # the lock is re-entrant: the freed slot is filled before release
 
     def wait_first(self, pendings) -> None:
         """Return when at least one of ``pendings`` is done (at once if one already is)."""
@@ -322,14 +329,6 @@ class Pending:
         if self.error is not None:
             raise self.error
         return self.task.result(timeout=timeout)
-
-    @property
-    def seconds(self):
-        return None if self.task is None else self.task.seconds
-
-    @property
-    def worker(self):
-        return None if self.task is None else self.task.worker
 
 
 def worker_name() -> str:

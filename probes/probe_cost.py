@@ -1,8 +1,8 @@
 """Rough seconds each probe will take on this machine, so a cluster starts the longest first.
 
-Used only to order work (``fixtures/cluster.py`` gives each task its estimate as Dask's
-priority, longest first: the classic rule for a short makespan on a few workers — a long probe
-started last keeps one worker busy after the rest are idle). Nothing numerical depends on these
+Used only to order work (``fixtures/cluster.py`` starts a cluster's tasks longest first,
+:func:`probes.cluster.start_order`: the classic rule for a short makespan on a few workers — a
+long probe started last keeps one worker busy after the rest are idle). Nothing numerical depends on these
 figures; a wrong estimate costs time, never a result.
 
 Each estimate is a FLOP count (and, where reading the weights dominates, a byte count) over this
@@ -20,12 +20,17 @@ from typing import Mapping
 STREAM_BYTES_PER_S = 2e9
 
 
+def attention_params(layout) -> int:
+    """Weights of one layer's q, k, v and o projections: hidden · head_dim · (2·H + 2·KV)."""
+    return layout.hidden * layout.head_dim * (2 * layout.num_heads + 2 * layout.num_kv_heads)
+
+
 def layer_params(layout, gated: bool = True) -> int:
     """Weights of one decoder layer's projections (q, k, v, o and the MLP: gate, up and down,
     or up and down where the MLP has no gate — GPT-2, GPT-NeoX, Phi-2 —, every expert of a
     mixture), from the layout: norms, biases and a mixture's router left out."""
-    d, hd = layout.hidden, layout.head_dim
-    attn = d * hd * (2 * layout.num_heads + 2 * layout.num_kv_heads)
+    d = layout.hidden
+    attn = attention_params(layout)
     mats = 3 if gated else 2
     if layout.num_experts:
         mlp = layout.num_experts * mats * d * layout.expert_intermediate
@@ -62,8 +67,8 @@ def head_metric_seconds(model, device: str = "cpu", rates: Mapping | None = None
     r, layout = _rates(device, rates), model.layout
     n, hd = layout.num_layers, layout.head_dim
     flops = n * (n + 1) / 2 * 2 * (layout.num_heads + layout.num_kv_heads) * hd * hd * layout.hidden
-    attn = layout.hidden * hd * (2 * layout.num_heads + 2 * layout.num_kv_heads) * n
-    return flops / (r["gemm_f32_gflops"] * 1e9) + attn * 4 / STREAM_BYTES_PER_S
+    return (flops / (r["gemm_f32_gflops"] * 1e9)
+            + attention_params(layout) * n * 4 / STREAM_BYTES_PER_S)
 
 
 def forward_seconds(model, tokens: int, bf16: bool, device: str = "cpu",
