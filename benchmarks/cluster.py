@@ -85,6 +85,9 @@ def run(args: list[str], cache: Path, report: Path) -> float:
     cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--refresh-cache",
            f"--cache-dir={cache}", f"--report-dir={report}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "STRATA_PROGRESS": "0"}
+    if "MALLOC_TRIM_THRESHOLD_" in env:   # a serial run must not start with Dask's setting
+        print(f"warning: MALLOC_TRIM_THRESHOLD_={env['MALLOC_TRIM_THRESHOLD_']} is set: glibc "
+              f"then maps every buffer afresh; unset it for a fair baseline", file=sys.stderr)
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
@@ -134,8 +137,14 @@ def timeline(report: Path, longest: int = 6) -> list[str]:
 def overhead(workers: int, tasks: int = 200) -> float:
     """Seconds per empty task, submitted together and gathered, on a local cluster."""
     from distributed import Client, LocalCluster
-    with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
-                      memory_limit=0) as cluster, Client(cluster) as client:
+
+    from probes.cluster import environment_kept
+    # kept: else Dask's spawn variables (MALLOC_TRIM_THRESHOLD_=65536) reach every pytest run
+    # started after, the serial ones included
+    with environment_kept():
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
+                               memory_limit=0)
+    with cluster, Client(cluster) as client:
         client.gather(client.map(abs, range(tasks), pure=False))   # warm
         t0 = time.perf_counter()
         client.gather(client.map(abs, range(tasks, 2 * tasks), pure=False))

@@ -5,7 +5,8 @@ The seam is ``concurrent.futures``-shaped: :func:`connect` returns an :class:`En
 ``add_done_callback(fn)`` (a submitted future may be passed as an argument: the engine hands
 its result over), ``slots()`` says how many tasks it runs at once, ``close()`` ends it. Another
 engine (a ``ProcessPoolExecutor``, Ray) would plug in by giving the same methods. One is
-built: Dask's ``distributed``. :class:`Dispatcher` feeds an engine in a planned order
+built: Dask's ``distributed``. :func:`connect_soon` does the connecting in a background
+thread (workers start and import while the client collects). :class:`Dispatcher` feeds an engine in a planned order
 (:func:`start_order`), no faster than its workers free up.
 
 Addresses:
@@ -24,6 +25,8 @@ worker died on another worker (its default ``allowed-failures``: 3).
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import re
 import threading
@@ -38,10 +41,13 @@ CONNECT_TIMEOUT_S = 10
 class Engine:
     """A Dask client, shaped like ``concurrent.futures.Executor``."""
 
-    def __init__(self, client, cluster=None, address: str = ""):
+    def __init__(self, client, cluster=None, address: str = "", local_threads: int | None = None):
         self.client = client
         self.cluster = cluster
         self.address = address
+        # a local cluster's threads, all its workers together: this machine's cores it may use
+        # (None for a remote cluster: its workers are not this machine's)
+        self.local_threads = local_threads
 
     def submit(self, fn, *args, name: str) -> "Task":
         """Run ``fn(*args)`` on a worker (a :class:`Task`'s future among ``args``: its
@@ -109,6 +115,24 @@ def parse(address: str) -> tuple[str, int | None]:
     return "remote", None
 
 
+@contextlib.contextmanager
+def environment_kept():
+    """This process's environment as it was before the block, after it. Starting a
+    ``LocalCluster`` needs it: Dask's nannies run in the starting process and set their workers'
+    spawn-time variables (``OMP_NUM_THREADS=1``, ``MALLOC_TRIM_THRESHOLD_=65536``, ...) in *its*
+    environment, where they stay — and every subprocess it starts inherits them (a benchmark's
+    serial pytest run then allocated every buffer as a fresh mmap: 128 s against 104 s)."""
+    environ = dict(os.environ)
+    try:
+        yield
+    finally:   # key by key: pytest may be reading the environment in another thread
+        for key in set(os.environ) - set(environ):
+            os.environ.pop(key, None)
+        for key, value in environ.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def connect(address: str) -> Engine:
     """Start (``local:N``) or reach (an address) the cluster; a one-line error when it can't."""
     kind, n = parse(address)
@@ -120,13 +144,15 @@ def connect(address: str) -> Engine:
         from .small_lapack import available_cores
         env = os.environ.get("OMP_NUM_THREADS", "")
         threads = int(env) if env.isdigit() and int(env) > 0 else max(1, available_cores() // n)
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               # no memory limit: Dask would pause or kill a worker whose
-                               # streamed model sits in page cache; memory is left to the
-                               # operating system, as in a serial run
-                               dashboard_address=None, memory_limit=0,
-                               env={"OMP_NUM_THREADS": str(threads)})
-        return Engine(Client(cluster), cluster, address)
+        with environment_kept():
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                                   # no memory limit: Dask would pause or kill a worker whose
+                                   # streamed model sits in page cache; memory is left to the
+                                   # operating system, as in a serial run
+                                   dashboard_address=None, memory_limit=0,
+                                   env={"OMP_NUM_THREADS": str(threads)})
+        return Engine(Client(cluster), cluster, address,
+                      local_threads=min(available_cores(), n * threads))
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -134,6 +160,30 @@ def connect(address: str) -> Engine:
                           f"({type(exc).__name__}: {exc}); start one (dask scheduler) or check "
                           f"the address") from None
     return Engine(client, None, address)
+
+
+def connect_soon(address: str, warm=None) -> concurrent.futures.Future:
+    """:func:`connect` in a background thread, then ``warm()`` run once on every worker (the
+    imports each worker would otherwise do in its first task): a future of the
+    :class:`Engine`, so worker processes start and import while pytest collects. Its
+    ``result()`` raises what :func:`connect` raised."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def start():
+        try:
+            engine = connect(address)
+        except BaseException as exc:   # handed to whoever takes the engine
+            future.set_exception(exc)
+            return
+        try:
+            if warm is not None:
+                engine.client.run(warm)
+        except Exception:   # a worker that cannot warm up fails its first task instead, loudly
+            pass
+        future.set_result(engine)
+
+    threading.Thread(target=start, name="strata-cluster-connect", daemon=True).start()
+    return future
 
 
 _threads_set = False
@@ -279,6 +329,11 @@ class Dispatcher:
             self.running -= 1
             self.changed.notify_all()
             self._dispatch()   # the lock is re-entrant: the freed slot is filled before release
+
+    def idle(self) -> bool:
+        """Nothing running, waiting or to be merged: every task added is done."""
+        with self.changed:
+            return not (self.running or self.waiting or self.groups)
 
     def wait_first(self, pendings) -> None:
         """Return when at least one of ``pendings`` is done (at once if one already is)."""
