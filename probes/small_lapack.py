@@ -28,6 +28,17 @@ import torch
 
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}  # by thread count
 _CONTROLLER = None
+_LENT = 0   # cores lent to the pool beyond torch's threads (lend_threads)
+
+
+def lend_threads(threads: int) -> None:
+    """Let :func:`small_lapack`'s pool run ``threads`` factorisations at once even where torch
+    has fewer threads (0: torch's count again). For cores that are idle for a while but are
+    not this process's to keep: under ``--cluster local:N`` the client has one thread while the
+    workers compute, and their threads once every probe is in (fixtures/cluster.py). Results do
+    not change: each factorisation runs on one LAPACK thread whatever the pool's size."""
+    global _LENT
+    _LENT = max(0, int(threads))
 
 
 class Inline:
@@ -48,8 +59,9 @@ def small_lapack(device="cpu"):
     """An executor for independent small torch factorisations (svd, eigh, cholesky, qr of
     matrices up to a few hundred rows), each on one LAPACK thread, as many at once as torch had
     threads. Off the CPU, or with one thread, jobs run inline. torch's thread count is restored
-    on exit."""
+    on exit (:func:`lend_threads` may widen the pool)."""
     threads = torch.get_num_threads()
+    restore, threads = threads, max(threads, _LENT)
     if torch.device(device).type != "cpu" or threads == 1:
         yield Inline()
         return
@@ -59,7 +71,7 @@ def small_lapack(device="cpu"):
     try:
         yield _POOLS[threads]
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(restore)
 
 
 @contextlib.contextmanager

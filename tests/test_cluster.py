@@ -314,6 +314,36 @@ def test_dask_workers_malloc_setting_is_undone_so_buffers_come_from_the_heap():
 
 
 # -- the order of work: tasks longest first, tests as their probes arrive ------------------
+def test_the_cluster_starts_and_warms_its_workers_in_the_background():
+    from fixtures.cluster import warm_worker
+    from probes import cluster
+    from probes.small_lapack import available_cores
+    # one worker process: the cores it is given (the user's OMP_NUM_THREADS, else all)
+    environ = dict(os.environ)
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    given = int(env) if env.isdigit() and int(env) > 0 else available_cores()
+    connecting = cluster.connect_soon("local:1", warm=warm_worker)
+    engine = connecting.result(timeout=120)
+    try:
+        # the worker imported the probes before any task: its first probe does not pay for it
+        assert engine.client.run(lambda: "transformers" in sys.modules and
+                                 "probes.activations" in sys.modules) == {
+            w: True for w in engine.client.scheduler_info()["workers"]}
+        assert engine.local_threads == min(available_cores(), given) and engine.slots() == 1
+        # Dask's nannies set their workers' spawn variables here; the client gets its own back
+        assert dict(os.environ) == environ
+    finally:
+        engine.close()
+
+
+def test_a_cluster_started_in_the_background_passes_its_error_to_whoever_takes_it():
+    from probes import cluster
+    from probes.errors import StrataError
+    connecting = cluster.connect_soon("tcp://127.0.0.1:9")
+    with pytest.raises(StrataError, match="no Dask scheduler answered"):
+        connecting.result(timeout=60)
+
+
 def test_tasks_start_longest_first_and_unestimated_ones_last():
     from probes.cluster import start_order
     assert start_order([1.0, 5.0, 3.0, 5.0]) == [1, 3, 2, 0]   # ties: given order

@@ -13,8 +13,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy.linalg import lapack
 
-from probes.small_lapack import (available_cores, batched_top_eigh, one_blas_thread,
-                                 small_lapack, top_eigh_stream)
+from probes import small_lapack as small_lapack_module
+from probes.small_lapack import (available_cores, batched_top_eigh, lend_threads,
+                                 one_blas_thread, small_lapack, top_eigh_stream)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +85,29 @@ def test_small_lapack_runs_every_job_and_restores_threads():
         assert [f.result() for f in results] == [i * i for i in range(20)]
     assert torch.get_num_threads() == before
     assert inside == 1 or before == 1
+
+
+def test_lent_threads_widen_the_pool_and_leave_every_eigenpair_bit_for_bit():
+    # under --cluster local:N the client is lent the idle workers' threads for its claims'
+    # eigensolves: the pool grows, torch's own count is back afterwards, answers do not move
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((300, 24, 24))
+    mats = x @ x.transpose(0, 2, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = batched_top_eigh(mats, 8, chunk=16)
+        lend_threads(3)
+        with small_lapack("cpu") as pool:
+            widths = {pool._max_workers}
+        lent = batched_top_eigh(mats, 8, chunk=16)
+        assert torch.get_num_threads() == 1
+    finally:
+        lend_threads(0)
+        torch.set_num_threads(before)
+    assert widths == {3} and small_lapack_module._LENT == 0
+    np.testing.assert_array_equal(alone[0], lent[0])
+    np.testing.assert_array_equal(alone[1], lent[1])
 
 
 def test_small_lapack_passes_a_jobs_exception_to_its_future():
