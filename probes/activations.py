@@ -57,6 +57,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from . import probe_cost
 from .calibration import TokenizedCorpus
 from .errors import StrataError
 from .layer_stream import LayerStream
@@ -417,18 +418,20 @@ def _result(model, corpus, runs, top_k, seed, forward, t_start, accs=None) -> di
                      "gram_eigensolve_s": seconds["gram"], "token_scalars_s": seconds["scalars"],
                      "isotropic_s": t_fin - t_iso, "finalise_s": done - t_fin,
                      "total_s": done - t_start,
-                     "forward_flops": forward_flops(model.layout, first["lengths"])}
+                     "forward_flops": forward_flops(model.layout, first["lengths"],
+                                                    gated=probe_cost.has_gate(model))}
     return res
 
 
-def forward_flops(layout, window_lengths) -> int:
+def forward_flops(layout, window_lengths, gated: bool = True) -> int:
     """Multiply–add flops (×2) of the decoder layers over windows of the given lengths: the
-    projections (q, k, v, o, gate, up, down) per token, and attention's QKᵀ and AV over the
+    projections (q, k, v, o, and gate, up, down — up and down alone where the MLP has no gate,
+    ``gated=False``: GPT-2, GPT-NeoX, Phi-2) per token, and attention's QKᵀ and AV over the
     causal pairs t(t+1)/2 of each window (a sliding window's shorter reach is not subtracted:
     an upper bound for gemma3's and mistral's local layers). Norms, rotary and activations are
     left out (O(d) per token)."""
     d, hd = layout.hidden, layout.head_dim
-    proj = d * hd * (2 * layout.num_heads + 2 * layout.num_kv_heads) + 3 * d * layout.intermediate
+    proj = probe_cost.attention_params(layout) + (3 if gated else 2) * d * layout.intermediate
     tokens = sum(window_lengths)
     pairs = sum(t * (t + 1) // 2 for t in window_lengths)
     per_layer = 2 * proj * tokens + 2 * 2 * layout.num_heads * hd * pairs

@@ -42,8 +42,13 @@ def layer_params(layout, gated: bool = True) -> int:
 def model_layer_params(model) -> int:
     """:func:`layer_params` of a :class:`probes.models.base.Model` (gated where it has a
     gate projection, its experts' included)."""
-    return layer_params(model.layout,
-                        gated=any(f.endswith("gate_proj") for f in model.families))
+    return layer_params(model.layout, gated=has_gate(model))
+
+
+def has_gate(model) -> bool:
+    """Whether the model's MLP is gated (a ``gate_proj`` family, its experts' included): three
+    MLP matrices per layer, not two."""
+    return any(f.endswith("gate_proj") for f in model.families)
 
 
 def _rates(device: str, rates: Mapping | None) -> Mapping:
@@ -84,4 +89,5 @@ def forward_seconds(model, tokens: int, bf16: bool, device: str = "cpu",
     k, m = sorted((max(tokens, 1), layout.hidden))
     spectrum = 2 * k * k * m / (r["gemm_f32_gflops"] * 1e9) + r["eig512_s"] * (k / 512) ** 3
     read = model_layer_params(model) * 2 / STREAM_BYTES_PER_S
-    return forward_flops(layout, windows) / rate + layout.num_layers * (spectrum + read)
+    return (forward_flops(layout, windows, gated=has_gate(model)) / rate
+            + layout.num_layers * (spectrum + read))

@@ -247,14 +247,19 @@ def test_isotropic_reference_is_computed_once_per_shape():
     assert activations.isotropic_reference(300, 32, seed=1)["effective_rank"] > 0
 
 
-def test_forward_flops_count_the_layers_matmuls():
-    """Against torch's own flop counter on a real decoder layer: the projections exactly. The
-    counter counts SDPA as full T × T products where it sees it (torch 2.13 does not count the
-    CPU kernel), this count keeps the causal pairs t(t+1)/2 of QKᵀ and AV."""
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox"])
+def test_forward_flops_count_the_layers_matmuls(arch):
+    """Against torch's own flop counter on a real decoder layer: the projections exactly (a
+    gated MLP's three matrices, GPT-2's and NeoX's two). The counter counts SDPA as full T × T
+    products where it sees it (torch 2.13 does not count the CPU kernel), this count keeps the
+    causal pairs t(t+1)/2 of QKᵀ and AV."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from probes.probe_cost import has_gate
     from probes.layer_stream import LayerStream
-    model = open_model("synthetic:tiny-llama")
+    model = open_model(f"synthetic:tiny-{arch}")
+    gated = has_gate(model)
+    assert gated == (arch == "llama")
     stream = LayerStream(model)
     t = 37
     kwargs, hidden = stream.layer_kwargs(stream.embed([list(range(1, t + 1))]))
@@ -265,9 +270,9 @@ def test_forward_flops_count_the_layers_matmuls():
         layer(hidden[0], *args, **kws)
     lay = model.layout
     counted = counter.get_total_flops()
-    mine = forward_flops(lay, [t]) // lay.num_layers
+    mine = forward_flops(lay, [t], gated=gated) // lay.num_layers
     causal = 2 * 2 * lay.num_heads * lay.head_dim * t * (t + 1) // 2
     full = 2 * 2 * lay.num_heads * lay.head_dim * t * t
     assert counted in (mine - causal, mine - causal + full)
-    assert forward_flops(lay, [t, 5]) == lay.num_layers * (
+    assert forward_flops(lay, [t, 5], gated=gated) == lay.num_layers * (
         mine + 2 * 5 * (mine - causal) // (2 * t) + 2 * 2 * lay.num_heads * lay.head_dim * 15)
