@@ -6,8 +6,8 @@ The seam is ``concurrent.futures``-shaped: :func:`connect` returns an :class:`En
 its result over), ``slots()`` says how many tasks it runs at once, ``close()`` ends it. Another
 engine (a ``ProcessPoolExecutor``, Ray) would plug in by giving the same methods. One is
 built: Dask's ``distributed``. :func:`connect_soon` does the connecting in a background
-thread (workers start and import while the client collects). :class:`Dispatcher` feeds an engine in a planned order
-(:func:`start_order`), no faster than its workers free up.
+thread (workers start and import while the client collects). :class:`Dispatcher` feeds an
+engine in a planned order (:func:`start_order`), no faster than its workers free up.
 
 Addresses:
 
