@@ -242,11 +242,25 @@ class LayerStream:
         # matrices in the forward dtype; 1-D gains and biases stay float32 (not rounded to bf16)
         matrix_dtype = self.forward.dtype
         stored = self.model.layer_state(layer, reuse=self._spare)
-        self._spare.clear()     # what the previous layer left and this one did not take
-        state = {k: v.to(matrix_dtype if v.dim() >= 2 else torch.float32)
-                 for k, v in stored.items()
-                 if k in expected or not any(p.search(k) for p in ignore)}
+        state, converted = {}, []
+        for k, v in stored.items():
+            if k not in expected and any(p.search(k) for p in ignore):
+                continue
+            dtype = matrix_dtype if v.dim() >= 2 else torch.float32
+            if v.dtype == dtype:
+                state[k] = v
+                continue
+            # converted into the previous layer's weights' memory where it fits (a random
+            # twin's float32 draws, a float32 checkpoint run in bf16)
+            buf = self._spare.take(v.shape, dtype)
+            state[k] = buf.copy_(v) if buf is not None else v.to(dtype)
+            converted.append(v)
         del stored
+        self._spare.clear()     # what the previous layer left and this one did not take
+        # the stored copies just converted are ours (layer_state hands out owned tensors):
+        # the next layer reads into them
+        self._spare.give(converted)
+        del converted
         if set(state) != expected:
             missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
             raise StrataError(f"{self.model.spec}: layer {layer} tensors do not match the "

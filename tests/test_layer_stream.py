@@ -168,3 +168,38 @@ def test_default_model_streamed_equals_whole_model_same_verdicts():
         a, b = evidence(streamed), evidence(reference)
         assert decide(mod.CLAIM, a, 0.05).verdict == decide(mod.CLAIM, b, 0.05).verdict
         assert a.observed == pytest.approx(b.observed, rel=1e-6, abs=1e-9)
+
+
+def test_layer_memory_reused_in_bf16_changes_no_weight():
+    """A float32 source run in bf16 (a random twin, a float32 checkpoint): each layer is drawn
+    into the float32 memory the previous layer's draws used and converted into the previous
+    layer's bf16 weights (no fresh pages); every layer's weights are still exactly those of a
+    fresh read converted to bf16. Shapes above the pool's 1 MiB floor so reuse happens."""
+    from probes.forward_dtype import ForwardDtype
+    from probes.models.loaded import random_twin
+    cfg = tiny_config("qwen3", num_layers=3, hidden=1024, num_heads=4, num_kv_heads=4,
+                      head_dim=128, intermediate=2048)
+    twin = random_twin(cfg, "random:test", None)
+    stream = LayerStream(twin, forward=ForwardDtype("bfloat16", "bfloat16", "test"))
+    drawn_at, weights_at = [], []
+    real_take = stream._spare.take
+
+    def take(shape, dtype):
+        buf = real_take(shape, dtype)
+        if len(shape) == 2:     # the matrices (the 1-D gains are below the floor)
+            (drawn_at if dtype == torch.float32 else weights_at).append(buf is not None)
+        return buf
+
+    stream._spare.take = take
+    for layer in range(3):
+        module = stream.load_layer(layer)
+        fresh = {k: v.to(torch.bfloat16 if v.dim() >= 2 else torch.float32)
+                 for k, v in twin.layer_state(layer).items()}
+        got = module.state_dict()
+        assert set(got) == set(fresh)
+        for name, value in fresh.items():
+            assert got[name].dtype == value.dtype and torch.equal(got[name], value), name
+        stream._spare.give(module.parameters())     # what run() does after the layer
+    matrices = 7   # q k v o gate up down, all ≥ 1 MiB in bf16
+    assert drawn_at == [False] * matrices + [True] * 2 * matrices
+    assert weights_at == [False] * matrices + [True] * 2 * matrices

@@ -63,3 +63,29 @@ def test_random_row_blocks_compose_to_the_full_draw():
     assert full.shape == big.shape and abs(float(full.std()) - 0.02) < 0.002
     for a, b in ((0, 5), (ROW_BLOCK - 3, ROW_BLOCK + 4), (10, 3 * ROW_BLOCK + 17), (700, 701)):
         assert torch.equal(draw_rows("t", big, "s", a, b), full[a:b])
+
+
+def test_random_draw_is_its_definition_and_out_changes_nothing():
+    """A twin's tensor is, by definition, block b's rows = randn from a generator seeded by
+    tensor_seed(salt, name#b), times the init's std: pinned here against that sentence (a draw
+    that changed its values would silently change every cached twin result). Drawing into
+    memory already used (``out=``) gives the same bits."""
+    from probes.models.random_init import ROW_BLOCK, TensorInit, draw, draw_rows, tensor_seed
+    big = TensorInit(shape=(2 * ROW_BLOCK + 9, 24), kind="normal", std=0.02)
+    blocks = []
+    for b in range(3):
+        gen = torch.Generator().manual_seed(tensor_seed("s", f"t#{b}"))
+        rows = min(ROW_BLOCK, big.shape[0] - b * ROW_BLOCK)
+        blocks.append(torch.randn((rows, 24), generator=gen, dtype=torch.float32))
+    definition = torch.cat(blocks) * 0.02
+    assert torch.equal(draw("t", big, "s"), definition)
+    used = torch.full(big.shape, float("nan"))
+    assert torch.equal(draw("t", big, "s", out=used), definition) and used.data_ptr() == \
+        draw("t", big, "s", out=used).data_ptr()
+    part = torch.full((ROW_BLOCK + 15, 24), 7.0)
+    assert torch.equal(draw_rows("t", big, "s", ROW_BLOCK - 10, 2 * ROW_BLOCK + 5, out=part),
+                       definition[ROW_BLOCK - 10:2 * ROW_BLOCK + 5])
+    ones = TensorInit(shape=(5,), kind="ones")
+    assert torch.equal(draw("n", ones, "s", out=torch.zeros(5)), torch.ones(5))
+    with pytest.raises(ValueError, match="float32"):
+        draw("t", big, "s", out=torch.empty(big.shape, dtype=torch.bfloat16))

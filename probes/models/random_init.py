@@ -163,26 +163,37 @@ def tensor_seed(salt: str, name: str) -> int:
 ROW_BLOCK = 512  # rows drawn per generator: a row slice costs only the blocks it touches
 
 
-def draw(name: str, init: TensorInit, salt: str) -> torch.Tensor:
-    """Tensor ``name`` drawn from its init, float32 on CPU, determined by (salt, name)."""
-    return draw_rows(name, init, salt, 0, init.shape[0])
+def draw(name: str, init: TensorInit, salt: str, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Tensor ``name`` drawn from its init, float32 on CPU, determined by (salt, name).
+    ``out``: a float32 CPU tensor of the shape to draw into (memory already touched costs no
+    page faults; the values are bit for bit those of a fresh draw)."""
+    return draw_rows(name, init, salt, 0, init.shape[0], out=out)
 
 
-def draw_rows(name: str, init: TensorInit, salt: str, start: int, stop: int) -> torch.Tensor:
+def draw_rows(name: str, init: TensorInit, salt: str, start: int, stop: int,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """Rows ``start:stop`` of :func:`draw` without drawing the rest: each block of ROW_BLOCK
-    rows has its own generator, seeded by (salt, name, block)."""
+    rows has its own generator, seeded by (salt, name, block). A whole block is drawn in place
+    (``normal_`` on the output's rows is what ``randn`` runs); a block cut by ``start`` or
+    ``stop`` is drawn whole and sliced."""
     rows = init.shape[0]
     start, stop = max(0, start), min(stop, rows)
     shape = (max(0, stop - start), *init.shape[1:])
+    if out is None:
+        out = torch.empty(shape, dtype=torch.float32)
+    elif tuple(out.shape) != shape or out.dtype != torch.float32 or not out.is_contiguous():
+        raise ValueError(f"draw_rows: out must be a contiguous float32 tensor of shape {shape}")
     if init.kind == ONES:
-        return torch.ones(shape, dtype=torch.float32)
+        return out.fill_(1.0)
     if init.kind == ZEROS:
-        return torch.zeros(shape, dtype=torch.float32)
-    parts = []
+        return out.zero_()
     for block in range(start // ROW_BLOCK, (stop - 1) // ROW_BLOCK + 1 if stop > start else 0):
         b0, b1 = block * ROW_BLOCK, min(rows, (block + 1) * ROW_BLOCK)
         gen = torch.Generator().manual_seed(tensor_seed(salt, f"{name}#{block}"))
-        part = torch.randn((b1 - b0, *init.shape[1:]), generator=gen, dtype=torch.float32)
-        parts.append(part[max(start, b0) - b0:min(stop, b1) - b0])
-    out = torch.cat(parts) if parts else torch.empty(shape, dtype=torch.float32)
+        lo, hi = max(start, b0), min(stop, b1)
+        if (lo, hi) == (b0, b1):
+            out[b0 - start:b1 - start].normal_(generator=gen)
+        else:
+            part = torch.randn((b1 - b0, *init.shape[1:]), generator=gen, dtype=torch.float32)
+            out[lo - start:hi - start].copy_(part[lo - b0:hi - b0])
     return out.mul_(init.std)

@@ -235,6 +235,7 @@ class RandomSource:
     init, seeded by ``(salt, name)``."""
 
     owned_copies = True   # get() draws a fresh tensor
+    reads_into = True     # get(out=) draws into memory already touched (the layer stream's)
 
     def __init__(self, config: dict, salt: str, cache=None):
         self.plan: dict[str, TensorInit] = init_plan(config, cache)
@@ -246,8 +247,11 @@ class RandomSource:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.plan[name].shape
 
-    def get(self, name: str) -> torch.Tensor:
-        return draw(name, self.plan[name], self.salt)
+    def dtype(self, name: str) -> torch.dtype:
+        return torch.float32
+
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        return draw(name, self.plan[name], self.salt, out=out)
 
     def get_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         return draw_rows(name, self.plan[name], self.salt, start, stop)
