@@ -227,17 +227,18 @@ class Cache:
         """A small JSON document under ``kind/`` keyed by ``ingredients`` (e.g. a random twin's
         init plan, which otherwise costs a transformers import and a meta-device model build on
         every run): read when present with the same ingredients, else built and written
-        atomically (a concurrent writer writes the same bytes)."""
+        atomically (a concurrent writer writes the same bytes). Such a document is a function
+        of its ingredients alone (no probe's result), so ``refresh`` — which recomputes probe
+        results — reads it too."""
         wanted = json.loads(json.dumps(ingredients, sort_keys=True, default=str))
         key = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()
         path = self.root / kind / f"{key}.json"
-        if not self.refresh:
-            try:
-                doc = json.loads(path.read_text())
-                if doc["ingredients"] == wanted:
-                    return doc["value"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # absent or unreadable: rebuild
+        try:
+            doc = json.loads(path.read_text())
+            if doc["ingredients"] == wanted:
+                return doc["value"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent or unreadable: rebuild
         value = build()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

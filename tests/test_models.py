@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -512,3 +514,27 @@ def test_default_model_smollm2(monkeypatch):
     assert m.decode([nxt]) == " Paris"
     twin = open_model(f"random:{DEFAULT_MODEL}", cache)
     assert twin.layout == lay and twin.encode("Paris") == m.encode("Paris")
+
+
+def test_cached_synthetic_models_open_without_importing_transformers(tmp_path):
+    """What a synthetic builder asks of transformers (the completed config, the init plan)
+    is a function of the config and transformers' version: kept in the cache, a later process
+    opens the models — the same weights, same fingerprints — without importing transformers
+    (a --cluster client needs it for nothing else), even under --refresh-cache, which
+    recomputes probe results, not these documents."""
+    script = ("import sys, json; from probes.cache import Cache; from probes.models import "
+              "open_model; c = Cache(sys.argv[1], refresh=True); "
+              "fps = [open_model(s, c).fingerprint for s in ('synthetic:tiny-qwen3', "
+              "'synthetic:planted-adjacent', 'random:synthetic:tiny-llama')]; "
+              "print(json.dumps([fps, 'transformers' in sys.modules]))")
+    runs = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parents[1], check=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    (fps_first, imported_first), (fps_again, imported_again) = runs
+    assert imported_first and not imported_again
+    assert fps_again == fps_first
+    assert fps_first[0] == open_model("synthetic:tiny-qwen3").fingerprint   # no cache: the same
+    # tiny-qwen3, planted-adjacent (llama, 24 layers), tiny-llama
+    assert len(list((tmp_path / "hf-configs").glob("*.json"))) == 3

@@ -56,7 +56,7 @@ def open_model(spec: str, cache: Cache | None = None) -> Model:
             base = base[len("random:"):]
         return _twin(base, spec, cache)
     if spec.startswith("synthetic:"):
-        return from_synthetic(spec[len("synthetic:"):], spec)
+        return from_synthetic(spec[len("synthetic:"):], spec, cache)
     if spec == DEFAULT_MODEL:
         from probes.models.gguf import open_default
         return open_default(spec, cache or Cache())

@@ -263,10 +263,11 @@ def from_dir(directory: Path, spec: str, meta: dict | None = None,
                        tokenizer_dir=d if _has_tokenizer(d) else None)
 
 
-def from_synthetic(name: str, spec: str) -> LoadedModel:
-    """``synthetic:<name>`` from the registry."""
+def from_synthetic(name: str, spec: str, cache=None) -> LoadedModel:
+    """``synthetic:<name>`` from the registry (``cache``: where its builder's transformers
+    documents are kept, :func:`probes.synthetic.get`)."""
     from probes import synthetic
-    sspec = synthetic.get(name)
+    sspec = synthetic.get(name, cache)
     source = DictSource(sspec.state_dict)
     adapter = Adapter(sspec.config, source.names())
     fp = _sha(b"synthetic/1", name.encode(), source.content_hash().encode())

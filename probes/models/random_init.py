@@ -13,6 +13,8 @@ alone, in any order, in any process, and comes out bit-identical.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import json
 from dataclasses import dataclass
@@ -136,19 +138,62 @@ def _initializer_range(config: dict) -> float:
 
 
 PLAN_FORMAT = "strata.init-plan/2"  # /2: read from the model's own initialize_weights
+CONFIG_FORMAT = "strata.full-config/1"
+
+# the cache init_plan and full_config use when called without one: synthetic models' builders
+# are zero-argument functions, so probes.synthetic.get hands them the cache this way
+_DOCUMENTS_IN = contextvars.ContextVar("strata_documents_in", default=None)
+
+
+@contextlib.contextmanager
+def documents_kept_in(cache):
+    """Within the block, :func:`init_plan` and :func:`full_config` called without a cache
+    keep their documents in ``cache`` (a :class:`~probes.cache.Cache`, or None: none)."""
+    token = _DOCUMENTS_IN.set(cache)
+    try:
+        yield
+    finally:
+        _DOCUMENTS_IN.reset(token)
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import version
+    return version("transformers")
+
+
+def full_config(config: dict, cache=None) -> tuple[dict, str]:
+    """``config`` as transformers completes it (``hf_config(config).to_dict()``: every default
+    of its config class filled in) and the architecture's causal-LM class name. Both depend only
+    on ``config`` and the transformers version: with a cache (or one set by
+    :func:`documents_kept_in`) they are kept there, so a run that has them imports no
+    transformers."""
+    cache = cache if cache is not None else _DOCUMENTS_IN.get()
+
+    def build():
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+        return [hf_config(config).to_dict(),
+                MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[config["model_type"]]]
+    if cache is None:
+        full, name = build()
+    else:
+        ingredients = {"format": CONFIG_FORMAT, "config": json.dumps(config, sort_keys=True),
+                       "transformers": _transformers_version()}
+        full, name = cache.get_or_build_json("hf-configs", ingredients, build)
+    return json.loads(json.dumps(full, default=str)), name
 
 
 def init_plan(config: dict, cache=None) -> dict[str, TensorInit]:
     """Every parameter the HF causal-LM class for ``config`` holds (tied copies excluded),
-    in the model's parameter order, with its init. With a :class:`~probes.cache.Cache` the plan
-    is stored there, keyed by the config and the transformers version (the classes define the
-    names and shapes), so a cached run neither imports transformers nor builds the model."""
+    in the model's parameter order, with its init. With a :class:`~probes.cache.Cache` (or one
+    set by :func:`documents_kept_in`) the plan is stored there, keyed by the config and the
+    transformers version (the classes define the names and shapes), so a cached run neither
+    imports transformers nor builds the model."""
+    cache = cache if cache is not None else _DOCUMENTS_IN.get()
     config_json = json.dumps(config, sort_keys=True, default=str)
     if cache is None:
         return dict(_plan_cached(config_json))
-    from importlib.metadata import version
     ingredients = {"format": PLAN_FORMAT, "config": config_json,
-                   "transformers": version("transformers")}
+                   "transformers": _transformers_version()}
     rows = cache.get_or_build_json("init-plans", ingredients, lambda: [
         [name, list(init.shape), init.kind, init.std] for name, init in _plan_cached(config_json)])
     return {name: TensorInit(tuple(shape), kind, float(std)) for name, shape, kind, std in rows}

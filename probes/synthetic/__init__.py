@@ -79,15 +79,19 @@ def parse_name(name: str) -> tuple[str, dict]:
     return base, params
 
 
-def get(name: str) -> SyntheticSpec:
+def get(name: str, cache=None) -> SyntheticSpec:
     """The spec registered as ``name`` (built once per process), ``name?key=value&...`` with
-    keyword parameters for its builder."""
+    keyword parameters for its builder. ``cache`` (a :class:`~probes.cache.Cache`) keeps what
+    the builder asks of transformers — the completed config, the init plan — so a run that
+    has them never imports it; the tensors are drawn afresh either way."""
+    from probes.models.random_init import documents_kept_in
     base, params = parse_name(name)
     if base not in REGISTRY:
         raise StrataError(f"unknown synthetic model {base!r}; known: {', '.join(names())}")
     if name not in _BUILT:
         try:
-            spec = REGISTRY[base](**params)
+            with documents_kept_in(cache):
+                spec = REGISTRY[base](**params)
         except TypeError as exc:
             raise StrataError(f"synthetic model {name!r}: {exc}") from None
         if not isinstance(spec, SyntheticSpec):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from probes.models.random_init import draw, hf_config, init_plan
+from probes.models.random_init import draw, full_config, init_plan
 
 ARCH_MODEL_TYPE = {"gemma3": "gemma3_text"}   # a tiny_config name that is not a model_type
 # architectures whose attention has no grouped-query heads and whose head_dim is hidden / heads
@@ -43,9 +43,8 @@ def tiny_config(arch: str = "llama", num_layers: int = 8, hidden: int = 64, num_
     ``AutoConfig.for_model`` and a forward pass. GPT-2 and GPT-NeoX have no grouped-query
     heads: there ``num_kv_heads = num_heads`` and ``head_dim = hidden / num_heads``; mixtures of
     experts get 4 experts of ``intermediate`` width, 2 per token. ``overrides`` are further HF
-    config keys (e.g. ``tie_word_embeddings=False``)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
+    config keys (e.g. ``tie_word_embeddings=False``). Transformers' completion of the config is
+    kept in the cache :func:`~probes.models.random_init.documents_kept_in` names, if any."""
     from probes.models.adapters import SUPPORTED_ARCHITECTURES
     model_type = ARCH_MODEL_TYPE.get(arch, arch)
     if model_type not in SUPPORTED_ARCHITECTURES or model_type == "gemma3":
@@ -67,11 +66,11 @@ def tiny_config(arch: str = "llama", num_layers: int = 8, hidden: int = 64, num_
         kwargs["moe_intermediate_size"] = intermediate
     kwargs.update(_ARCH_KWARGS.get(model_type, lambda hd: {})(head_dim))
     kwargs.update(overrides)
-    cfg = hf_config({"model_type": model_type, **kwargs}).to_dict()
+    cfg, causal_lm = full_config({"model_type": model_type, **kwargs})
     for key in _DROP:
         cfg.pop(key, None)
     cfg["model_type"] = model_type
-    cfg["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[model_type]]
+    cfg["architectures"] = [causal_lm]
     if model_type not in _MHA_ONLY:
         cfg.setdefault("head_dim", head_dim)
     return cfg
