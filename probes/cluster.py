@@ -95,6 +95,30 @@ class Engine:
                 "workers": len({t["worker"] for t in timeline} - {None}), "timeline": timeline}
 
     def close(self) -> None:
+        """Close the client (and a local cluster: its worker processes exit); waits for a
+        :meth:`close_soon` already started instead of closing twice."""
+        closing = getattr(self, "_closing", None)
+        if closing is not None:
+            closing.result()
+            return
+        self._close()
+
+    def close_soon(self) -> None:
+        """Start closing in a background thread, for a caller that has taken every result and
+        has other work to do meanwhile (a local cluster's workers take ≈ 1 s to exit once torch
+        is loaded); :meth:`close` then waits for it and raises what it raised."""
+        if getattr(self, "_closing", None) is None:
+            self._closing = concurrent.futures.Future()
+
+            def run():
+                try:
+                    self._close()
+                    self._closing.set_result(None)
+                except BaseException as exc:   # re-raised by close()
+                    self._closing.set_exception(exc)
+            threading.Thread(target=run, name="strata-cluster-close", daemon=True).start()
+
+    def _close(self) -> None:
         try:
             self.client.close()
         finally:

@@ -507,3 +507,37 @@ def test_a_merge_whose_part_was_refused_raises_the_parts_error_at_once():
     assert merge.done() and not running.done()
     with pytest.raises(OSError, match="scheduler gone"):
         merge.result()
+
+
+def test_close_soon_closes_in_the_background_and_close_waits_for_it():
+    """The client closes the cluster while it writes the report: close_soon returns at once,
+    the closing runs in another thread, close() waits for it (never closing twice) and raises
+    what it raised."""
+    import threading
+
+    from probes.cluster import Engine
+    release, closed = threading.Event(), []
+
+    class Slow:
+        def __init__(self, fail=False):
+            self.fail = fail
+
+        def close(self):
+            release.wait(10)
+            closed.append(threading.current_thread().name)
+            if self.fail:
+                raise RuntimeError("worker did not exit")
+
+    engine = Engine(Slow(), Slow())
+    engine.close_soon()
+    engine.close_soon()             # a second call starts nothing more
+    assert closed == []             # still closing: close_soon did not wait
+    release.set()
+    engine.close()
+    assert closed == ["strata-cluster-close"] * 2   # client, then cluster: once each, off-thread
+    release.clear()
+    failing = Engine(Slow(), Slow(fail=True))
+    failing.close_soon()
+    release.set()
+    with pytest.raises(RuntimeError, match="did not exit"):
+        failing.close()
