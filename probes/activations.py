@@ -66,9 +66,11 @@ from .forward_dtype import ForwardDtype
 from .residual import effective_rank, spectrum_from_gram, spectrum_from_rows, top_energy
 
 PROBE_ID = "residual-stream"
-VERSION = 3  # 2: layer-streamed forward pass (same statistics to float32 rounding)
+VERSION = 4  # 2: layer-streamed forward pass (same statistics to float32 rounding)
 # 3: forward dtype (float32 | bf16, in the key); token Gram when T < d; spectrum from one
 #    tridiagonal reduction (same statistics to float32 rounding)
+# 4: the token Gram's eigenproblem by that reduction too (float64 rounding: a cached result
+#    of 3 would differ from a fresh one in its last bits, so it is not served)
 TOP_K = 8
 GRAM_BUDGET_BYTES = 1 << 30
 MAX_WINDOW = 1024
