@@ -48,6 +48,7 @@ class Engine:
         # a local cluster's threads, all its workers together: this machine's cores it may use
         # (None for a remote cluster: its workers are not this machine's)
         self.local_threads = local_threads
+        self._closing: concurrent.futures.Future | None = None   # close_soon's, once started
 
     def submit(self, fn, *args, name: str) -> "Task":
         """Run ``fn(*args)`` on a worker (a :class:`Task`'s future among ``args``: its
@@ -97,9 +98,8 @@ class Engine:
     def close(self) -> None:
         """Close the client (and a local cluster: its worker processes exit); waits for a
         :meth:`close_soon` already started instead of closing twice."""
-        closing = getattr(self, "_closing", None)
-        if closing is not None:
-            closing.result()
+        if self._closing is not None:
+            self._closing.result()
             return
         self._close()
 
@@ -107,7 +107,7 @@ class Engine:
         """Start closing in a background thread, for a caller that has taken every result and
         has other work to do meanwhile (a local cluster's workers take ≈ 1 s to exit once torch
         is loaded); :meth:`close` then waits for it and raises what it raised."""
-        if getattr(self, "_closing", None) is None:
+        if self._closing is None:
             self._closing = concurrent.futures.Future()
 
             def run():

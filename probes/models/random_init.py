@@ -176,7 +176,8 @@ def full_config(config: dict, cache=None) -> tuple[dict, str]:
     if cache is None:
         full, name = build()
     else:
-        ingredients = {"format": CONFIG_FORMAT, "config": json.dumps(config, sort_keys=True),
+        ingredients = {"format": CONFIG_FORMAT,
+                       "config": json.dumps(config, sort_keys=True, default=str),
                        "transformers": _transformers_version()}
         full, name = cache.get_or_build_json("hf-configs", ingredients, build)
     return json.loads(json.dumps(full, default=str)), name
