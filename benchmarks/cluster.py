@@ -32,12 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from probes.machine import cpu_description
 
 ROOT = Path(__file__).resolve().parents[1]
 ACTIVATION_CLAIMS = ["hypotheses/test_phase_c_shared_subspace.py",
@@ -45,16 +46,6 @@ ACTIVATION_CLAIMS = ["hypotheses/test_phase_c_shared_subspace.py",
                      "hypotheses/test_late_layers_change_least.py"]
 GAUGE_CLAIMS = ["hypotheses/test_aligned_delta_e_exceeds_c.py",
                 "hypotheses/test_gauge_delta_null.py"]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def scenario_args(name: str, opts) -> list[str]:
@@ -173,8 +164,7 @@ def main(argv=None) -> int:
     opts = ap.parse_args(argv)
     cache = Path(opts.cache_dir or os.environ.get("STRATA_CACHE_DIR")
                  or Path.home() / ".cache" / "strata")
-    print(f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} cores; load before: "
-          f"{os.getloadavg()[0]:.2f}")
+    print(f"CPU: {cpu_description()}; load before: {os.getloadavg()[0]:.2f}")
     print(f"scheduler overhead: {overhead(opts.workers) * 1e3:.2f} ms per empty task "
           f"(local:{opts.workers}, 200 tasks)")
     for name in opts.scenario or ["zoo"]:

@@ -19,6 +19,7 @@ import time
 import torch
 
 from probes.head_metric import block_inner
+from probes.machine import cpu_description
 
 
 def flags() -> list[str]:
@@ -73,6 +74,7 @@ def head_error(hidden=2560, hd=128, heads=32, kv=8, layers=2, correlated=True):
 
 
 def main():
+    print(f"CPU: {cpu_description()}")
     print("CPU bf16 flags:", ", ".join(flags()) or "none")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for label, shape in (("head metric q·qᵀ block (4096 × 2560 × 128)", (4096, 2560, 128)),

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from probes.machine import cpu_description
+
 REPO = Path(__file__).resolve().parent.parent
 MARK = "BENCH-RESULT "
 
@@ -527,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("CHECKPOINT_DIR is required")
     if args.naive_budget_s == 0:
         args.naive_budget_s = None
+    print(f"CPU: {cpu_description()}")
     report = run(args)
+    report["machine"] = cpu_description()
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -747,6 +747,8 @@ def _run_section(run: dict, models_with_records: list[str]) -> str:
     rows += [("α", e(run.get("alpha"))), ("seed", e(run.get("seed")))]
     versions = run.get("versions") or {}
     rows.append(("versions", ", ".join(f"{e(k)} {e(v)}" for k, v in versions.items()) or "—"))
+    if run.get("machine"):
+        rows.append(("machine", e(run["machine"])))
     cal = run.get("calibration")
     if cal:
         sha = str(cal.get("sha256") or "")

@@ -121,6 +121,7 @@ def render_markdown(doc: dict) -> str:
             f"- **started:** {run.get('started')}" + (f", finished {run['finished']}" if run.get("finished") else ""),
             f"- **α:** {run.get('alpha')} · **seed:** {run.get('seed')}",
             f"- **versions:** {inline(versions) or '—'}",
+            *([f"- **machine:** {inline(run['machine'])}"] if run.get("machine") else []),
             f"- **calibration:** {cal_text}", ""]
     mrows = [[f"`{cell_text(m.get('spec'))}`", cell_text(m.get("architecture")), str(m.get("num_layers")),
               f"`{cell_text(str(m.get('fingerprint', ''))[:16])}`", cell_text(S.fingerprint_how(m)),

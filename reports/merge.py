@@ -63,6 +63,8 @@ def merge_documents(docs: list[dict], names: list[str] | None = None) -> dict:
             "started": min(r["started"] for r in runs),
             "finished": max(r.get("finished") or r["started"] for r in runs),
             "versions": runs[0].get("versions", {}),
+            "machine": " + ".join(dict.fromkeys(r["machine"] for r in runs if r.get("machine")))
+                       or None,
             "alpha": alpha,
             "seed": runs[0]["seed"],
             "models": models,
@@ -71,6 +73,7 @@ def merge_documents(docs: list[dict], names: list[str] | None = None) -> dict:
                              "harness_commit": d["run"].get("harness_commit"),
                              "started": d["run"].get("started"), "seed": d["run"].get("seed"),
                              "versions": d["run"].get("versions"),
+                             "machine": d["run"].get("machine"),
                              "models": [m["spec"] for m in d["run"]["models"]]}
                             for n, d in zip(names, docs)],
         },

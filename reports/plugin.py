@@ -349,6 +349,7 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
             "started": started,
             "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": _versions(),
+            "machine": _machine(),
             "alpha": alpha,
             "seed": strata.seed if strata else config.getoption("seed"),
             "models": run_models,
@@ -401,6 +402,16 @@ def _git_commit(root) -> str:
                               text=True, timeout=5).stdout.strip() or "unknown"
     except Exception:
         return "unknown"
+
+
+def _machine() -> str:
+    """Where pytest ran (under --cluster: the client; each task's worker is in
+    cluster-tasks.json)."""
+    from probes.machine import cpu_description
+    try:
+        return cpu_description()
+    except Exception:   # the report is written whatever the platform
+        return "unknown machine"
 
 
 def _versions() -> dict:

@@ -181,6 +181,7 @@ SCHEMA: dict = {
                 "harness_commit": {"type": "string"},
                 "started": {"type": "string"},
                 "versions": {"type": "object"},
+                "machine": _STR_OR_NULL,
                 "alpha": {"type": "number"},
                 "seed": {"type": "integer"},
                 "models": {"type": "array", "items": MODEL},

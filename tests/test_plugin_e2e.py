@@ -63,6 +63,10 @@ def test_report_contract_and_planted_verdicts(tmp_path):
     assert all(r["se"] is None if r["verdict"] == "N/A" else r["se"] > 0 for r in doc["records"])
     for key in ("harness_commit", "started", "versions", "alpha", "seed", "models", "calibration"):
         assert key in doc["run"]
+    # the machine it ran on, as the benchmarks name it (probes.machine)
+    from probes.machine import cpu_description
+    assert doc["run"]["machine"] == cpu_description()
+    assert f"**machine:** {cpu_description()}" in (tmp_path / "r" / "verdicts.md").read_text()
     model = doc["run"]["models"][0]
     assert model["num_layers"] == 24 and model["phases"]["C"] == list(range(4, 12))
     by = {(r["claim"], r["phase"], r["family"]): r for r in doc["records"]}
