@@ -44,6 +44,7 @@ import time
 from pathlib import Path
 
 from benchmarks.run import MARK, REPO, RssSampler, _env, open_spec, spawn
+from probes.machine import cpu_description
 
 SCRIPT = REPO.parent / "shared" / "seeds" / "delta_svd.py"
 
@@ -111,7 +112,7 @@ def child(spec: str, tokens: int | None, device: str, hooked: bool, save: str | 
     from probes.forward_dtype import resolve
     model = open_spec(spec, Cache(tempfile.mkdtemp(prefix="strata-bench-act-")))
     t_open = time.perf_counter()
-    tc = calibration.tokenize(calibration.load_corpus(), model.encode, tokens)
+    tc = calibration.tokenize_for(model, calibration.load_corpus(), tokens)
     t1 = time.perf_counter()
     forward = resolve(dtype, device, model.config)
     if hooked:
@@ -273,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         print(MARK + json.dumps(child(spec, args.calib_tokens, args.device, args.hooked,
                                       args.save, args.dtype)), flush=True)
         return 0
-    report = {"spec": spec, "device": args.device, "dtype": args.dtype}
+    report = {"spec": spec, "device": args.device, "dtype": args.dtype,
+              "machine": cpu_description()}
+    print(f"CPU: {report['machine']}")
     tokens = args.calib_tokens
     if args.vs_script:
         if not Path(args.model).is_dir() or args.tile:

@@ -140,7 +140,7 @@ def run(spec: str, tokens: int | None, device: str) -> tuple[dict, dict, int, di
 
     from benchmarks.run import open_spec
     model = open_spec(spec, Cache(tempfile.mkdtemp(prefix="strata-bf16-")))
-    tc = calibration.tokenize(calibration.load_corpus(), model.encode, tokens)
+    tc = calibration.tokenize_for(model, calibration.load_corpus(), tokens)
     out, seconds = {}, {}
     for name in ("float32", "bfloat16"):
         t0 = time.perf_counter()

@@ -33,7 +33,9 @@ into groups and the corpus is run once per group). It needs the whole model in m
 for Qwen3-4B); tests compare the two on every architecture.
 
 Each document (or window of at most ``window`` tokens) is its own sequence (batch 1, no
-padding). The first token of every window is dropped from every statistic.
+padding), starting with the model's BOS where its tokenizer adds one (``corpus.bos``: what
+the model saw first in training). The first position of every window — that BOS, else the
+text's first token — is dropped from every statistic.
 
 Result (all arrays indexed by layer, cached by :mod:`probes.cache`)
 -------------------------------------------------------------------
@@ -66,11 +68,13 @@ from .forward_dtype import ForwardDtype
 from .residual import effective_rank, spectrum_from_gram, spectrum_from_rows, top_energy
 
 PROBE_ID = "residual-stream"
-VERSION = 4  # 2: layer-streamed forward pass (same statistics to float32 rounding)
+VERSION = 5  # 2: layer-streamed forward pass (same statistics to float32 rounding)
 # 3: forward dtype (float32 | bf16, in the key); token Gram when T < d; spectrum from one
 #    tridiagonal reduction (same statistics to float32 rounding)
 # 4: the token Gram's eigenproblem by that reduction too (float64 rounding: a cached result
 #    of 3 would differ from a fresh one in its last bits, so it is not served)
+# 5: windows start with the tokenizer's BOS where it adds one (Llama, Gemma, Mistral):
+#    the BOS position is the one dropped, every text token is scored
 TOP_K = 8
 GRAM_BUDGET_BYTES = 1 << 30
 MAX_WINDOW = 1024
@@ -274,11 +278,15 @@ class ResidualHooks:
 
 def windows(corpus: TokenizedCorpus, window: int) -> list[list[int]]:
     """Each document split into consecutive windows of ≤ ``window`` tokens (windows of < 2
-    tokens dropped); each window is run and scored as its own sequence."""
+    tokens dropped); each window is run and scored as its own sequence. With a BOS
+    (``corpus.bos``) every window starts with it and holds ≤ ``window`` − 1 of the text's
+    tokens, so the dropped first position is the BOS and every text token is scored."""
+    lead = [] if corpus.bos is None else [corpus.bos]
+    step = window - len(lead)
     out = []
     for doc in corpus.documents:
-        for start in range(0, len(doc), window):
-            piece = list(doc[start:start + window])
+        for start in range(0, len(doc), step):
+            piece = lead + list(doc[start:start + step])
             if len(piece) >= 2:
                 out.append(piece)
     return out

@@ -48,26 +48,33 @@ class Corpus:
 
 @dataclass(frozen=True)
 class TokenizedCorpus:
-    """Token ids per document after the budget; ``tokens`` = ids fed to the model in total,
-    ``scored_tokens`` = tokens entering statistics (each document's first token dropped)."""
+    """Token ids per document after the budget (the text's ids, without special tokens) and
+    ``bos``: the token the model's tokenizer starts every text with (``Model.bos_id``; None if
+    none), which each window fed to the model then starts with. The first position of every
+    window is dropped from statistics: the BOS where there is one, else the text's first token.
+    ``tokens`` = ids fed to the model in total (one window per document), ``scored_tokens`` =
+    tokens entering statistics."""
 
     corpus: Corpus
     documents: tuple[tuple[int, ...], ...]
     max_tokens: int | None
+    bos: int | None = None
 
     @property
     def tokens(self) -> int:
-        return sum(len(d) for d in self.documents)
+        return sum(len(d) for d in self.documents) + (len(self.documents) if self.bos is not None
+                                                       else 0)
 
     @property
     def scored_tokens(self) -> int:
-        return sum(len(d) - 1 for d in self.documents)
+        return sum(len(d) - (self.bos is None) for d in self.documents)
 
     def record(self) -> dict:
         """What the report shows as ``run.calibration``."""
         return {"source": self.corpus.source, "sha256": self.corpus.sha256,
                 "tokens": self.tokens, "scored_tokens": self.scored_tokens,
-                "documents": len(self.documents), "max_tokens": self.max_tokens}
+                "documents": len(self.documents), "max_tokens": self.max_tokens,
+                "bos": self.bos}
 
 
 def split_documents(text: str) -> list[str]:
@@ -124,12 +131,15 @@ def load_corpus(path: str | Path | None = None) -> Corpus:
     return corpus_from_text(text, source, hashlib.sha256(raw).hexdigest())
 
 
-def tokenize(corpus: Corpus, encode, max_tokens: int | None = None) -> TokenizedCorpus:
-    """Token ids of each document via ``encode(text) -> list[int]``, within ``max_tokens``.
+def tokenize(corpus: Corpus, encode, max_tokens: int | None = None,
+             bos: int | None = None) -> TokenizedCorpus:
+    """Token ids of each document via ``encode(text) -> list[int]``, within ``max_tokens`` (a
+    budget of text tokens: a BOS is not counted), each window to start with ``bos`` if given.
 
     Documents are kept in order until the budget is spent (the last one truncated); documents
-    with fewer than 2 tokens are skipped, since their first token is dropped from statistics.
-    Fewer than 2 tokens in total, or a budget < 2, is a one-line StrataError.
+    with fewer than 2 tokens are skipped (without a BOS their first token is dropped from
+    statistics; with one, kept the same for one corpus whatever the model). Fewer than 2 tokens
+    in total, or a budget < 2, is a one-line StrataError.
     """
     if max_tokens is not None and max_tokens < 2:
         raise StrataError(f"--calib-tokens {max_tokens}: need at least 2 tokens (each "
@@ -150,4 +160,11 @@ def tokenize(corpus: Corpus, encode, max_tokens: int | None = None) -> Tokenized
     if not docs:
         raise StrataError(f"calibration text {corpus.source} gives no document of 2 or more "
                           f"tokens; give longer documents")
-    return TokenizedCorpus(corpus=corpus, documents=tuple(docs), max_tokens=max_tokens)
+    return TokenizedCorpus(corpus=corpus, documents=tuple(docs), max_tokens=max_tokens,
+                           bos=None if bos is None else int(bos))
+
+
+def tokenize_for(model, corpus: Corpus, max_tokens: int | None = None) -> TokenizedCorpus:
+    """:func:`tokenize` as the activation probes feed ``model``: its tokenizer's ids, each
+    window starting with its BOS (``model.bos_id``) where its tokenizer adds one."""
+    return tokenize(corpus, model.encode, max_tokens, bos=model.bos_id)

@@ -219,3 +219,79 @@ def test_window_shares_cover_the_windows_in_order_with_balanced_tokens():
         assert [i for r in shares for i in r] == list(range(len(lengths)))
     two = activations.window_shares(lengths, 2)
     assert abs(sum(lengths[i] for i in two[0]) - sum(lengths[i] for i in two[1])) <= 1024
+
+
+# -- the tokenizer's BOS: every window starts with it, and it is the position left out ---------
+WORDS = ("the quick brown fox jumps over lazy dog a cat sat on mat and ran far away "
+         "layers update stream each token").split()
+
+
+def _word_tokenizer(out, template: str | None):
+    """A word-level HF tokenizer in ``out``: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, then WORDS;
+    ``template`` is its post-processor for one text (``"<s> $A"``: adds a BOS, as Llama's and
+    Gemma's do; ``"$A </s>"``: an EOS only; None: nothing, as GPT-2's and Qwen's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if template is not None:
+        tok.post_processor = processors.TemplateProcessing(
+            single=template, special_tokens=[("<s>", 1), ("</s>", 2)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
+                            eos_token="</s>").save_pretrained(str(out))
+    return out
+
+
+def _checkpoint_with(tmp_path, template):
+    from benchmarks import make_checkpoint
+    src = _word_tokenizer(tmp_path / f"tok-{template}", template)
+    out = tmp_path / f"ck-{template}"
+    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "2", "--tokenizer",
+                                 str(src), "--out", str(out)]) == 0
+    return open_model(str(out))
+
+
+@pytest.mark.parametrize("template,bos", [("<s> $A", 1), ("$A </s>", None), (None, None),
+                                          ("<s> $A </s>", 1)])
+def test_bos_is_read_off_the_tokenizer(tmp_path, template, bos):
+    assert _checkpoint_with(tmp_path, template).bos_id == bos
+
+
+def test_windows_start_with_the_bos_and_every_text_token_is_scored(tmp_path):
+    model = _checkpoint_with(tmp_path, "<s> $A")
+    docs = calibration.corpus_from_text("the quick brown fox jumps over the lazy dog\n\n"
+                                        "a cat sat on the mat and ran far away", "test", None)
+    tc = calibration.tokenize_for(model, docs)
+    text = [model.encode("the quick brown fox jumps over the lazy dog"),
+            model.encode("a cat sat on the mat and ran far away")]
+    assert tc.bos == 1 and tc.documents == tuple(map(tuple, text))
+    assert tc.scored_tokens == sum(map(len, text)) and tc.tokens == sum(map(len, text)) + 2
+    assert tc.record()["bos"] == 1
+    # a window limit of 4 cuts each document into pieces of 3 text tokens after the BOS
+    assert activations.windows(tc, 4) == [[1, *doc[i:i + 3]] for doc in text
+                                          for i in range(0, len(doc), 3)]
+    assert [len(doc) for doc in text] == [9, 10]
+    res = activations.compute(model, tc, top_k=2)
+    assert res["scored_tokens"] == tc.scored_tokens == 19
+    assert res["calibration"]["bos"] == 1
+    # the statistics are those of the text tokens in windows that start with the BOS: the
+    # hooked forward of [BOS] + text, BOS position left out
+    n = model.layout.num_layers
+    ins = [[] for _ in range(n)]
+    outs = [[] for _ in range(n)]
+    for ids in activations.windows(tc, 512):
+        assert ids[0] == 1
+        pairs, _ = _hook_pairs(model, ids)
+        for L, (a, b) in enumerate(pairs):
+            ins[L].append(a.double().numpy())
+            outs[L].append(b.double().numpy())
+    for L in range(n):
+        h, o = np.concatenate(ins[L]), np.concatenate(outs[L])
+        assert len(h) == 19
+        dn, hn = np.linalg.norm(o - h, axis=1), np.linalg.norm(h, axis=1)
+        assert res["rel_step"][L] == pytest.approx((dn / hn).mean(), rel=1e-6)
+    # without the BOS the same text is another computation (first text token dropped instead)
+    plain = calibration.tokenize(docs, model.encode)
+    assert plain.bos is None and plain.scored_tokens == 17
+    assert activations.compute(model, plain, top_k=2)["scored_tokens"] == 17

@@ -208,6 +208,12 @@ class Model:
         """Token ids for ``text`` (no special tokens added)."""
         raise NotImplementedError
 
+    @property
+    def bos_id(self) -> int | None:
+        """The token the tokenizer puts before every text (None: it adds none; see
+        :class:`probes.models.loaded.LoadedModel`)."""
+        return None
+
     def twin_spec(self) -> str:
         return self.spec if self.is_twin else f"random:{self.spec}"
 

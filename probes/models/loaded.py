@@ -47,6 +47,7 @@ class LoadedModel(Model):
     _hf_models: dict = field(default_factory=dict, repr=False)
     _tokenizer: object = field(default=None, repr=False)
     _tokenizer_fp: str | None = field(default=None, repr=False)
+    _bos: tuple | None = field(default=None, repr=False)   # (bos id or None,) once known
 
     # -- weights ---------------------------------------------------------------------------
     def weight(self, layer: int, family: str) -> torch.Tensor | None:
@@ -184,6 +185,28 @@ class LoadedModel(Model):
             from transformers import AutoTokenizer
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    @property
+    def bos_id(self) -> int | None:
+        """The token the model's tokenizer puts before every text when it adds special tokens
+        (Llama's ``<|begin_of_text|>``, Gemma's and Mistral's ``<bos>``/``<s>``): what the model
+        saw first in training, so the calibration windows start with it. Read off the tokenizer
+        itself (ids with special tokens against ids without, on a probe text), so both the
+        ``add_bos_token`` flag and a template post-processor count. None when it adds none
+        (GPT-2, Pythia, Qwen, SmolLM2), adds more than one leading token, or for the
+        byte-level fallback."""
+        if self._bos is None:
+            bos = None
+            if self.tokenizer_dir is not None:
+                self.encode("")
+                probe = "Strata probe text."
+                plain = list(self._tokenizer(probe, add_special_tokens=False)["input_ids"])
+                full = list(self._tokenizer(probe)["input_ids"])
+                # one added token, then the text's ids unchanged (a trailing EOS may follow)
+                if 1 <= len(full) - len(plain) <= 2 and full[1:1 + len(plain)] == plain:
+                    bos = int(full[0])
+            self._bos = (bos,)
+        return self._bos[0]
 
     def decode(self, ids: list[int]) -> str:
         if self.tokenizer_dir is None:
