@@ -769,9 +769,11 @@ def _run_section(run: dict, models_with_records: list[str]) -> str:
                      f'<td>{e(m.get("num_layers"))}</td>'
                      f'<td class="mono" title="{e(m.get("fingerprint"))}">{e(str(m.get("fingerprint", ""))[:16])}</td>'
                      f'<td>{e(S.fingerprint_how(m))}</td>'
-                     f'<td>{e(_phase_text(m.get("phases") or {}))}</td></tr>')
+                     f'<td>{e(_phase_text(m.get("phases") or {}))}</td>'
+                     f'<td>{e(S.calibration_text(m))}</td></tr>')
     models_table = (f'<h3>Models</h3><table class="meta"><thead><tr><th>spec</th><th>architecture</th>'
-                    f'<th>layers</th><th>fingerprint</th><th>fingerprint from</th><th>phases</th></tr></thead>'
+                    f'<th>layers</th><th>fingerprint</th><th>fingerprint from</th><th>phases</th>'
+                    f'<th>calibration</th></tr></thead>'
                     f'<tbody>{"".join(mrows)}</tbody></table>')
     return (f'<section class="card" id="run"><h2>Run</h2><table class="meta">{meta}</table>'
             f'{models_table}</section>')

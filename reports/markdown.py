@@ -126,10 +126,11 @@ def render_markdown(doc: dict) -> str:
     mrows = [[f"`{cell_text(m.get('spec'))}`", cell_text(m.get("architecture")), str(m.get("num_layers")),
               f"`{cell_text(str(m.get('fingerprint', ''))[:16])}`", cell_text(S.fingerprint_how(m)),
               cell_text(" · ".join(f"{n} {a}–{b}" if a != b else f"{n} {a}"
-                                   for n, a, b in S.phase_ranges(m.get("phases") or {})))]
+                                   for n, a, b in S.phase_ranges(m.get("phases") or {}))),
+              cell_text(S.calibration_text(m))]
              for m in run.get("models", [])]
-    out += _table(["model", "architecture", "layers", "fingerprint", "fingerprint from", "phases"],
-                  mrows, "llrlll")
+    out += _table(["model", "architecture", "layers", "fingerprint", "fingerprint from", "phases",
+                   "calibration"], mrows, "llrllll")
     out.append("")
     return "\n".join(out)
 

@@ -332,8 +332,16 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         forward = r["extra"].get("forward") if isinstance(r.get("extra"), dict) else None
         if forward and r["model"] in model_info:
             model_info[r["model"]].setdefault("activation_forward", forward)
+    # what the activation probes fed each model (its tokenizer's count, its BOS): per model
+    for r in records:
+        cal = r["extra"].get("calibration") if isinstance(r.get("extra"), dict) else None
+        if cal and r["model"] in model_info:
+            model_info[r["model"]].setdefault("calibration", {
+                k: cal.get(k) for k in ("tokens", "scored_tokens", "bos")})
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
+    if calibration is not None:   # the corpus; the BOS is a model's (run.models[].calibration)
+        calibration = {k: v for k, v in calibration.items() if k != "bos"}
     run_models = sorted(model_info.values(), key=lambda m: (m.get("role") != "model", m["spec"]))
     # revisions of one hub model: their checkpoint order (reports.checkpoints), in the order
     # given (--model, then the --models zoo files; read here: under xdist the controller has no

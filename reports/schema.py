@@ -160,6 +160,11 @@ MODEL = {
         "num_layers": {"type": "integer"},
         "fingerprint": {"type": "string"},
         "fingerprint_method": {"type": ["object", "null"]},
+        # what the activation probes fed it: tokens fed and scored, the BOS windows start with
+        "calibration": {"type": "object",
+                        "properties": {"tokens": {"type": ["integer", "null"]},
+                                       "scored_tokens": {"type": ["integer", "null"]},
+                                       "bos": {"type": ["integer", "null"]}}},
         "phases": {"type": "object",
                    "additionalProperties": {"type": "array", "items": {"type": "integer"}}},
     },

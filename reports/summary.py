@@ -226,6 +226,17 @@ def verdict_with_flags(rec: dict) -> str:
 
 
 # -- numbers -------------------------------------------------------------------------------
+def calibration_text(model: dict) -> str:
+    """What the activation probes fed a model, in words: tokens fed and scored, and the BOS each
+    window started with (``run.models[].calibration``; "—" when no activation claim ran)."""
+    cal = model.get("calibration") or {}
+    if not cal:
+        return "—"
+    text = f"{cal.get('tokens'):,} tokens, {cal.get('scored_tokens'):,} scored"
+    bos = cal.get("bos")
+    return text + (f", windows start with BOS {bos}" if bos is not None else ", no BOS")
+
+
 def fingerprint_how(model: dict) -> str:
     """How a model's content fingerprint was obtained, in words (empty if the report is older)."""
     m = model.get("fingerprint_method") or {}

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tests import tolerance as tol
+from tests.word_tokenizer import checkpoint_with_tokenizer
 from probes import activations, calibration, residual
 from probes.evidence import decide
 from probes.models import open_model
@@ -222,44 +223,14 @@ def test_window_shares_cover_the_windows_in_order_with_balanced_tokens():
 
 
 # -- the tokenizer's BOS: every window starts with it, and it is the position left out ---------
-WORDS = ("the quick brown fox jumps over lazy dog a cat sat on mat and ran far away "
-         "layers update stream each token").split()
-
-
-def _word_tokenizer(out, template: str | None):
-    """A word-level HF tokenizer in ``out``: ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, then WORDS;
-    ``template`` is its post-processor for one text (``"<s> $A"``: adds a BOS, as Llama's and
-    Gemma's do; ``"$A </s>"``: an EOS only; None: nothing, as GPT-2's and Qwen's)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if template is not None:
-        tok.post_processor = processors.TemplateProcessing(
-            single=template, special_tokens=[("<s>", 1), ("</s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(str(out))
-    return out
-
-
-def _checkpoint_with(tmp_path, template):
-    from benchmarks import make_checkpoint
-    src = _word_tokenizer(tmp_path / f"tok-{template}", template)
-    out = tmp_path / f"ck-{template}"
-    assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", "2", "--tokenizer",
-                                 str(src), "--out", str(out)]) == 0
-    return open_model(str(out))
-
-
 @pytest.mark.parametrize("template,bos", [("<s> $A", 1), ("$A </s>", None), (None, None),
                                           ("<s> $A </s>", 1)])
 def test_bos_is_read_off_the_tokenizer(tmp_path, template, bos):
-    assert _checkpoint_with(tmp_path, template).bos_id == bos
+    assert open_model(str(checkpoint_with_tokenizer(tmp_path, template))).bos_id == bos
 
 
 def test_windows_start_with_the_bos_and_every_text_token_is_scored(tmp_path):
-    model = _checkpoint_with(tmp_path, "<s> $A")
+    model = open_model(str(checkpoint_with_tokenizer(tmp_path, "<s> $A")))
     docs = calibration.corpus_from_text("the quick brown fox jumps over the lazy dog\n\n"
                                         "a cat sat on the mat and ran far away", "test", None)
     tc = calibration.tokenize_for(model, docs)

@@ -356,3 +356,24 @@ def test_make_verdicts_succeeds_on_refuted_claims_and_fails_on_bad_input(tmp_pat
     assert "bad input (pytest exit 4)" in bad.stderr
     nothing = make(f"--model=synthetic:tiny-llama -k no_such_claim --report-dir={tmp_path / 'none'}")
     assert nothing.returncode != 0 and "no claim collected" in nothing.stderr
+
+
+def test_report_names_what_each_model_was_fed(tmp_path):
+    """A model whose tokenizer adds a BOS and one without, in one run: each model's entry says
+    the tokens fed and scored and the BOS its windows started with; the corpus stays run-level."""
+    from tests.word_tokenizer import checkpoint_with_tokenizer
+    bos_model = checkpoint_with_tokenizer(tmp_path, "<s> $A")
+    res = run_pytest(["hypotheses/test_late_layers_change_least.py", f"--model={bos_model}",
+                      "--model=synthetic:tiny-qwen3", "--no-twin", "--calib-tokens=200"],
+                     tmp_path / "c", tmp_path / "r")
+    assert "report:" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    doc = records(tmp_path / "r")
+    fed = {m["spec"]: m.get("calibration") for m in doc["run"]["models"]}
+    assert fed[str(bos_model)]["bos"] == 1 and fed["synthetic:tiny-qwen3"]["bos"] is None
+    # the BOS model's windows: the budget's text tokens, each scored, plus one BOS per document
+    assert fed[str(bos_model)]["scored_tokens"] == 200 < fed[str(bos_model)]["tokens"]
+    assert fed["synthetic:tiny-qwen3"]["tokens"] == 200 > fed["synthetic:tiny-qwen3"]["scored_tokens"]
+    assert "bos" not in doc["run"]["calibration"]
+    md = (tmp_path / "r" / "verdicts.md").read_text()
+    assert "windows start with BOS 1" in md and "no BOS" in md
+
