@@ -223,8 +223,12 @@ def test_window_shares_cover_the_windows_in_order_with_balanced_tokens():
 
 
 # -- the tokenizer's BOS: every window starts with it, and it is the position left out ---------
-@pytest.mark.parametrize("template,bos", [("<s> $A", 1), ("$A </s>", None), (None, None),
-                                          ("<s> $A </s>", 1)])
+@pytest.mark.parametrize("template,bos", [
+    ("<s> $A", 1), ("$A </s>", None), (None, None), ("<s> $A </s>", 1),
+    # more than one token after the text: the leading one counts as it is the declared BOS
+    ("<s> $A </s> </s>", 1),
+    # whatever one token the tokenizer puts first is what the model is fed first, BOS or not
+    ("</s> $A", 2)])
 def test_bos_is_read_off_the_tokenizer(tmp_path, template, bos):
     assert open_model(str(checkpoint_with_tokenizer(tmp_path, template))).bos_id == bos
 

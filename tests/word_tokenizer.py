@@ -26,7 +26,8 @@ def checkpoint_with_tokenizer(tmp_path, template, layers: int = 4):
     """A tiny-qwen3 checkpoint directory (``layers`` layers) holding :func:`word_tokenizer`'s
     files."""
     from benchmarks import make_checkpoint
-    label = {"<s> $A": "bos", "$A </s>": "eos", None: "plain", "<s> $A </s>": "bos-eos"}[template]
+    label = {"<s> $A": "bos", "$A </s>": "eos", None: "plain", "<s> $A </s>": "bos-eos",
+             "<s> $A </s> </s>": "bos-eos-eos", "</s> $A": "eos-first"}[template]
     src = word_tokenizer(tmp_path / f"tok-{label}", template)
     out = tmp_path / f"ck-{label}"
     assert make_checkpoint.main(["--shape", "tiny-qwen3", "--layers", str(layers), "--tokenizer",

@@ -202,8 +202,13 @@ class LoadedModel(Model):
                 probe = "Strata probe text."
                 plain = list(self._tokenizer(probe, add_special_tokens=False)["input_ids"])
                 full = list(self._tokenizer(probe)["input_ids"])
-                # one added token, then the text's ids unchanged (a trailing EOS may follow)
-                if 1 <= len(full) - len(plain) <= 2 and full[1:1 + len(plain)] == plain:
+                # one added token, then the text's ids unchanged (a trailing EOS may follow);
+                # or, where the text's ids differ with special tokens on (a tokenizer's own
+                # spacing rules), a first id that is the tokenizer's declared BOS
+                declared = getattr(self._tokenizer, "bos_token_id", None)
+                one_lead = 1 <= len(full) - len(plain) <= 2 and full[1:1 + len(plain)] == plain
+                named = declared is not None and full[:1] == [declared] != plain[:1]
+                if one_lead or named:
                     bos = int(full[0])
             self._bos = (bos,)
         return self._bos[0]
