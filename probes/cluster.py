@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import os
 import re
 import threading
@@ -208,6 +209,87 @@ def connect_soon(address: str, warm=None) -> concurrent.futures.Future:
 
     threading.Thread(target=start, name="strata-cluster-connect", daemon=True).start()
     return future
+
+
+# -- starting before pytest has parsed its options ------------------------------------------
+# Workers take ≈ 3 s to start and import torch and the probes. Started at session start they are
+# ready ≈ 2–3 s after pytest has planned the tasks; started while pytest still imports its
+# plugins (the root conftest.py calls start_early) they overlap those imports. Only the command
+# line is read (not addopts or PYTEST_ADDOPTS): a run whose --cluster comes from elsewhere starts
+# at session start as before, and an early engine that the parsed options do not ask for is
+# closed (discard_early).
+_EARLY: tuple[str, concurrent.futures.Future] | None = None
+# no tests run (help, version, collect-only), or a usage error follows (-n with --cluster)
+_NOT_A_RUN = ("-h", "--help", "--version", "-V", "--co", "--collect-only", "--fixtures",
+              "--markers", "--fixtures-per-test", "-n", "--numprocesses")
+
+
+def early_address(argv: list[str]) -> str | None:
+    """The ``--cluster`` address on a pytest command line (``--cluster X`` or ``--cluster=X``),
+    None if there is none, it cannot be parsed, or the command runs no tests (help, version,
+    collect-only)."""
+    address = None
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg in _NOT_A_RUN or arg.startswith(("-n=", "--numprocesses=")) or \
+                (arg.startswith("-n") and arg[2:].isdigit()):
+            return None
+        if arg == "--cluster" and i + 1 < len(argv):
+            address = argv[i + 1]
+        elif arg.startswith("--cluster="):
+            address = arg.split("=", 1)[1]
+    if address is None:
+        return None
+    try:
+        parse(address)
+    except StrataError:
+        return None   # pytest_configure says so, in one line
+    return address
+
+
+def _run_named(target: str) -> None:
+    """Run ``module:function`` (the worker's warm-up, named so this module imports no caller)."""
+    import importlib
+    module, _, name = target.partition(":")
+    getattr(importlib.import_module(module), name)()
+
+
+def start_early(argv: list[str], warm: str | None = None) -> bool:
+    """:func:`connect_soon` the ``--cluster`` of ``argv`` now, ``warm`` (``"module:function"``)
+    then run on every worker; True if started. :func:`take_early` hands it to the session."""
+    global _EARLY
+    address = early_address(argv)
+    if address is None or _EARLY is not None:
+        return False
+    _EARLY = (address, connect_soon(address, warm=None if warm is None else
+                                    functools.partial(_run_named, warm)))
+    return True
+
+
+def take_early(address: str) -> concurrent.futures.Future | None:
+    """The early engine's future if it was started for ``address`` (then it is the caller's);
+    else None, and an early engine for another address is discarded."""
+    global _EARLY
+    if _EARLY is not None and _EARLY[0] == address:
+        future, _EARLY = _EARLY[1], None
+        return future
+    discard_early()
+    return None
+
+
+def discard_early() -> None:
+    """Close an early engine nobody took (the parsed options have no ``--cluster``, or another
+    address, or the run ended before its session started)."""
+    global _EARLY
+    if _EARLY is None:
+        return
+    _, future = _EARLY
+    _EARLY = None
+    try:
+        future.result().close()
+    except Exception:   # it failed to start: nothing to close, and the options did not ask
+        pass
 
 
 _threads_set = False

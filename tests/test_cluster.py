@@ -42,6 +42,9 @@ def test_local_cluster_gives_the_serial_records_for_three_models(tmp_path):
     probes = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream")
     names = {t["key"].rsplit("-", 1)[0] for t in timeline}   # "<probe>_<model>-<random hex>"
     assert len(names) == 24 and all(n.startswith(probes) for n in names), names
+    # --cluster was on the command line: the workers started while pytest imported its plugins
+    assert json.loads((tmp_path / "cluster" / "cluster-tasks.json").read_text())[
+        "workers_started"] == "with the plugins"
     # the client cached every result: a serial rerun on that cache computes nothing
     again = run_pytest([*CLAIMS, *THREE_MODELS, "--cluster=local:2"], tmp_path / "c2",
                        tmp_path / "again")
@@ -334,6 +337,44 @@ def test_the_cluster_starts_and_warms_its_workers_in_the_background():
         assert dict(os.environ) == environ
     finally:
         engine.close()
+
+
+def test_the_command_lines_cluster_address_is_read_before_pytest_parses_its_options():
+    from probes import cluster
+    assert cluster.early_address(["hypotheses/", "--cluster", "local:2", "-q"]) == "local:2"
+    assert cluster.early_address(["-q", "--cluster=tcp://host:8786"]) == "tcp://host:8786"
+    # no run (help, collect-only), a usage error to come (-n), after "--", or no valid address
+    for argv in (["-q"], ["--co", "--cluster=local:2"], ["--cluster=local:2", "--help"],
+                 ["--cluster=local:2", "-n", "2"], ["-n2", "--cluster=local:2"],
+                 ["--", "--cluster=local:2"], ["--cluster=local:0"], ["--cluster"]):
+        assert cluster.early_address(argv) is None, argv
+
+
+def test_an_early_cluster_goes_to_the_session_that_asks_for_it_else_is_closed():
+    from probes import cluster
+    assert cluster.start_early(["--cluster=local:1"], warm="fixtures.cluster:warm_worker")
+    assert not cluster.start_early(["--cluster=local:1"])     # one at a time
+    # the parsed options name another address: this one is closed, none is handed out
+    assert cluster.take_early("local:2") is None and cluster._EARLY is None
+    assert cluster.start_early(["--cluster=local:1"], warm="fixtures.cluster:warm_worker")
+    future = cluster.take_early("local:1")
+    engine = future.result(timeout=120)
+    try:
+        # warmed by name, as conftest.py asks: the probes were imported before any task
+        assert set(engine.client.run(lambda: "probes.activations" in sys.modules).values()) == {True}
+        assert cluster._EARLY is None and cluster.take_early("local:1") is None
+    finally:
+        engine.close()
+
+
+def test_a_cluster_from_pytest_addopts_starts_at_session_start(tmp_path):
+    # the command line has no --cluster (the environment does): started as the session starts
+    res = run_pytest(["hypotheses/test_qk_sym_positive.py", "--model=synthetic:tiny-qwen3",
+                      "--no-twin"], tmp_path / "c", tmp_path / "r",
+                     env={"PYTEST_ADDOPTS": "--cluster=local:1"})
+    assert "strata: cluster local:1" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    timeline = json.loads((tmp_path / "r" / "cluster-tasks.json").read_text())
+    assert timeline["workers_started"] == "at session start" and timeline["tasks"]
 
 
 def test_a_cluster_started_in_the_background_passes_its_error_to_whoever_takes_it():
