@@ -193,8 +193,9 @@ class LoadedModel(Model):
         saw first in training, so the calibration windows start with it. Read off the tokenizer
         itself (ids with special tokens against ids without, on a probe text), so both the
         ``add_bos_token`` flag and a template post-processor count. None when it adds none
-        (GPT-2, Pythia, Qwen, SmolLM2), adds more than one leading token, or for the
-        byte-level fallback."""
+        (GPT-2, Pythia, Qwen, SmolLM2), for the byte-level fallback, and when what it adds is
+        not one leading token (a trailing EOS may come with it) unless its first id is the
+        tokenizer's declared BOS."""
         if self._bos is None:
             bos = None
             if self.tokenizer_dir is not None:
