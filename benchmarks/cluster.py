@@ -134,7 +134,7 @@ def overhead(workers: int, tasks: int = 200) -> float:
     # started after, the serial ones included
     with environment_kept():
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=None,
-                               memory_limit=0)
+                               memory_limit=0, scheduler_kwargs={"dashboard_address": ":0"})
     with cluster, Client(cluster) as client:
         client.gather(client.map(abs, range(tasks), pure=False))   # warm
         t0 = time.perf_counter()

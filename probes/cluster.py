@@ -175,6 +175,9 @@ def connect(address: str) -> Engine:
                                    # streamed model sits in page cache; memory is left to the
                                    # operating system, as in a serial run
                                    dashboard_address=None, memory_limit=0,
+                                   # no dashboard; the scheduler's HTTP routes on a free port
+                                   # (its default 8787 is taken by a second cluster here)
+                                   scheduler_kwargs={"dashboard_address": ":0"},
                                    env={"OMP_NUM_THREADS": str(threads)})
         return Engine(Client(cluster), cluster, address,
                       local_threads=min(available_cores(), n * threads))
