@@ -529,9 +529,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("CHECKPOINT_DIR is required")
     if args.naive_budget_s == 0:
         args.naive_budget_s = None
-    print(f"CPU: {cpu_description()}")
+    machine = cpu_description()
+    print(f"CPU: {machine}")
     report = run(args)
-    report["machine"] = cpu_description()
+    report["machine"] = machine
     print_report(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

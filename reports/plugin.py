@@ -327,17 +327,17 @@ def build_document(config, records: list[dict], model_info: dict, started: str) 
         if r["verdict"] == "SUPPORTED":
             r["holm_survives"] = bool(r["p_holm"] is not None and r["p_holm"] <= alpha)
     models.sort(key=lambda r: (r["claim"], r["model"], str(r["phase"]), str(r["family"])))
-    # the activation probes' forward dtype, per model (run metadata: run.models[].activation_forward)
+    # per model, from its activation records: the forward's dtype (run.models[].activation_forward)
+    # and what it was fed — its tokenizer's count, its BOS (run.models[].calibration)
     for r in records:
-        forward = r["extra"].get("forward") if isinstance(r.get("extra"), dict) else None
-        if forward and r["model"] in model_info:
-            model_info[r["model"]].setdefault("activation_forward", forward)
-    # what the activation probes fed each model (its tokenizer's count, its BOS): per model
-    for r in records:
-        cal = r["extra"].get("calibration") if isinstance(r.get("extra"), dict) else None
-        if cal and r["model"] in model_info:
+        extra = r["extra"] if isinstance(r.get("extra"), dict) else {}
+        if r["model"] not in model_info:
+            continue
+        if extra.get("forward"):
+            model_info[r["model"]].setdefault("activation_forward", extra["forward"])
+        if extra.get("calibration"):
             model_info[r["model"]].setdefault("calibration", {
-                k: cal.get(k) for k in ("tokens", "scored_tokens", "bos")})
+                k: extra["calibration"].get(k) for k in ("tokens", "scored_tokens", "bos")})
     calibration = next((r["extra"].get("calibration") for r in models
                         if isinstance(r.get("extra"), dict) and r["extra"].get("calibration")), None)
     if calibration is not None:   # the corpus; the BOS is a model's (run.models[].calibration)
