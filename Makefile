@@ -20,7 +20,7 @@ NUMERICAL_TESTS ?= tests/test_identities.py tests/test_adjacent.py tests/test_he
                    tests/test_benchmarks_smoke.py tests/test_activations.py tests/test_residual.py \
                    tests/test_gauge.py tests/test_forward_dtype.py tests/test_layer_stream.py \
                    tests/test_fast_nulls.py tests/test_bf16_choice.py tests/test_models.py \
-                   tests/test_weight_rows.py tests/test_gguf_tensors.py
+                   tests/test_weight_rows.py tests/test_gguf_tensors.py tests/test_tolerance.py
 KERNEL_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1 \
               $(if $(filter x86_64,$(shell uname -m)),OPENBLAS_CORETYPE=Haswell)
 

@@ -169,12 +169,9 @@ def test_token_gram_path_when_tokens_are_fewer_than_hidden():
     assert streamed["scored_tokens"] < model.layout.hidden
     assert streamed["memory"]["gram"] == "tokens"
     reference = activations.compute_hooked(model, tc, top_k=4)
-    # The reference sums its d × d Gram from float32 window products (entry errors ≈ 6e-8 of the
-    # largest); the token Gram is float64. Effective rank reads every eigenvalue, down to the
-    # tail that error reaches: 1e-5 relative (measured 1.5e-6); everything else as the
-    # streamed-vs-whole-model tests bound it.
-    np.testing.assert_allclose(streamed["effective_rank"], reference["effective_rank"], rtol=1e-5)
-    assert_same_statistics(dict(streamed, effective_rank=reference["effective_rank"]), reference)
+    # the reference sums its d × d Gram from float32 window products, the token Gram is float64:
+    # the spectra agree to what the float32 blocking allows (assert_same_statistics' bounds)
+    assert_same_statistics(streamed, reference)
     timing = streamed["timing"]
     for key in ("load_s", "forward_s", "gram_eigensolve_s", "token_scalars_s", "isotropic_s"):
         assert 0 <= timing[key] <= timing["total_s"]

@@ -241,7 +241,7 @@ def test_pad_id_outside_the_vocabulary(tmp_path):
     streamed = activations.compute(model, tc, top_k=4)
     assert_same_statistics(streamed, activations.compute_hooked(model, tc, top_k=4))
     assert_same_statistics(streamed, activations.compute(ok, tc, top_k=4), rtol=0,
-                           dir_tol=1e-6)   # scalars and spectra bit for bit; float32 directions
+                           gram_rows=0)   # the same computation: bit for bit
     twin = open_model(f"random:{bad}")
     for _, _, outputs in LayerStream(twin).run([[5, 4000, 4095]]):
         assert torch.isfinite(outputs[0]).all()

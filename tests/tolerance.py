@@ -53,7 +53,8 @@ UBF16 = 2.0 ** -8   # bfloat16 unit roundoff (8 significand bits)
 LAMBDA = 5.0        # typical-bound confidence: P(error > λ√n·u·Σ|x|) ≤ 2·exp(−λ²/2) = 7.5e-6
 
 __all__ = ["U32", "U64", "UBF16", "LAMBDA", "gamma", "sum_rtol", "agree_rtol", "cos_atol",
-           "f64_rtol", "unit_roundoff", "mode1_share_atol", "mixed_dot_rtol"]
+           "f64_rtol", "unit_roundoff", "mode1_share_atol", "mixed_dot_rtol", "gram_eig_atol",
+           "top_energy_atol", "effective_rank_rtol", "direction_cos_atol"]
 
 
 def unit_roundoff(dtype) -> float:
@@ -125,3 +126,65 @@ def mixed_dot_rtol(n: int, roundings: int = 1) -> float:
     division by a norm) and summed in float64, relative to Σ|x_i y_i|: roundings·u₃₂ + γ_n(u₆₄).
     No √n growth: the float32 errors are per term, the accumulation is float64."""
     return roundings * U32 + gamma(max(int(n), 1), U64)
+
+
+# -- spectra of a Gram that two paths sum differently ---------------------------------------------
+# A Gram G = Σ_t δ_t δ_tᵀ whose entries two paths compute to within ε·√(G_ii G_jj) each (float32
+# products of blocks of rows, summed in float64: ε = agree_rtol(rows per block)) differs by
+# ‖ΔG‖_F ≤ ε·√(Σ_ij G_ii G_jj) = ε·tr G. What that moves, each bound from a theorem:
+
+def gram_eig_atol(eigvals: np.ndarray, rel: float) -> float:
+    """‖ΔG‖_F ≤ rel·tr G for a Gram with eigenvalues ``eigvals`` whose entries err by
+    rel·√(G_ii G_jj): the bound on every eigenvalue's move (Weyl), and on the ℓ2 norm of all the
+    moves together (Hoffman–Wielandt)."""
+    return rel * float(np.clip(eigvals, 0, None).sum())
+
+
+def top_energy_atol(eigvals: np.ndarray, k: int, atol: float, rel: float) -> float:
+    """Absolute error of the top-k energy S_k/tr G when ‖ΔG‖_F ≤ ``atol`` and the trace (a sum of
+    the diagonal's sums of squares) errs by ≤ ``rel``·tr G: S_k moves by at most the Ky Fan
+    k-norm of ΔG, ≤ √k·‖ΔG‖_F, so |Δ(S_k/tr)| ≤ (√k·atol + (S_k/tr)·rel·tr)/(tr − rel·tr)."""
+    w = np.sort(np.clip(eigvals, 0, None))[::-1]
+    tr = float(w.sum())
+    energy = float(w[:k].sum()) / tr
+    return (math.sqrt(k) * atol + energy * rel * tr) / (tr * (1 - rel))
+
+
+def effective_rank_rtol(eigvals: np.ndarray, atol: float, rel: float) -> float:
+    """Relative error of exp(H), H = −Σ p_i log p_i with p = λ/tr (``probes.residual.
+    effective_rank``), when the eigenvalues move by an ℓ2 total ≤ ``atol`` (Hoffman–Wielandt)
+    and the trace by ≤ ``rel``·tr.
+
+    Each p_i then moves by ≤ η = (atol + rel·tr)/(tr − rel·tr), and all together by
+    ‖Δp‖₂ ≤ (atol + ‖p‖₂·rel·tr)/(tr − rel·tr). Where p_i > 2η, f(p) = −p log p has
+    |f′| ≤ c_i = |1 + log(p_i − η)| between p_i and its perturbed value, so those terms move H by
+    ≤ ‖c‖₂·‖Δp‖₂ (Cauchy–Schwarz). The m others (the tail, down to round-off) move it by
+    ≤ Σ f(|Δp_i|) (Fannes: |f(x) − f(y)| ≤ f(|x − y|) for |x − y| ≤ ½) ≤ m·f(‖Δp‖₂/√m), f being
+    concave (Jensen, with Σ|Δp_i| ≤ √m·‖Δp‖₂). exp(H) then moves by ≤ e^{|ΔH|} − 1 relative."""
+    w = np.clip(np.asarray(eigvals, dtype=np.float64), 0, None)
+    tr = float(w.sum())
+    p = w / tr
+    eta = (atol + rel * tr) / (tr * (1 - rel))
+    dp = (atol + float(np.linalg.norm(p)) * rel * tr) / (tr * (1 - rel))
+    resolved = p > 2 * eta
+    c = np.abs(1 + np.log(p[resolved] - eta))
+    m = int((~resolved).sum())
+    step = dp / math.sqrt(m) if m else 0.0
+    if step > 0.5:
+        return math.inf
+    tail = -m * step * math.log(step) if step > 0 else 0.0
+    return math.expm1(float(np.linalg.norm(c)) * dp + tail)
+
+
+def direction_cos_atol(eigvals: np.ndarray, k: int, atol: float, u: float = U32) -> float:
+    """1 − |cos| between the k-th eigenvector of G and of G + ΔG, ‖ΔG‖₂ ≤ ``atol``: Davis–Kahan
+    sin θ ≤ atol/(gap − atol), gap = λ_k's distance to the rest of the spectrum, so
+    1 − |cos θ| ≤ sin²θ (plus the rounding of a unit vector stored with unit roundoff ``u``, 4·u:
+    the probe stores float32 directions); inf where
+    the gap does not exceed 2·atol (the direction is not determined to that accuracy)."""
+    w = np.asarray(eigvals, dtype=np.float64)
+    others = np.delete(w, k)
+    gap = float(np.min(np.abs(others - w[k]))) if others.size else math.inf
+    if gap <= 2 * atol:
+        return math.inf
+    return (atol / (gap - atol)) ** 2 + 4 * u
