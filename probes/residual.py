@@ -40,7 +40,7 @@ import numpy as np
 from scipy.special import gammaln
 
 from .errors import NotApplicable
-from .small_lapack import one_blas_thread, top_eigh_stream
+from .small_lapack import one_blas_thread, small_lapack, top_eigh_stream
 from .evidence import Evidence, Matrix, Profile, require
 from .stats import Z95, monte_carlo_p, oriented
 
@@ -447,7 +447,7 @@ def specialized(result: dict, phases: dict, phase: str = "E", seed: int = 0,
 
 # ------------------------------------------------------------ late layers change least ----
 def exchangeable_angles(h0_sq: np.ndarray, delta_sq: np.ndarray, dot: np.ndarray,
-                        orders: np.ndarray, block: int = 128) -> np.ndarray:
+                        orders: np.ndarray, block: int = 64, chunk: int = 2048) -> np.ndarray:
     """Mean over tokens of the angular step (÷π) when the layers act in ``orders``.
 
     Per token t and layer j the update is summarised by its norm n_tj = ‖δ_tj‖ and its
@@ -458,6 +458,12 @@ def exchangeable_angles(h0_sq: np.ndarray, delta_sq: np.ndarray, dot: np.ndarray
     it reproduces the measured angles. Invariances: a common rescaling of the stream and the
     updates; any rotation of the stream. Inputs: ``h0_sq`` (T,), ``delta_sq`` and ``dot``
     (T, m); ``orders`` (B, m) permutations of 0 … m−1. Returns (B, m).
+
+    Computed in tiles of ``block`` draws × ``chunk`` tokens (1 MiB of float64 per array), each
+    carried through every layer position before the next: the tile's few temporaries stay in
+    cache instead of streaming (B × T) arrays through memory once per position — 1.4–1.9×
+    faster on one core (T = 4,345 and 17,000), and it no longer competes for memory bandwidth
+    with the probes a cluster runs beside it.
     """
     orders = np.atleast_2d(orders)
     b, m = orders.shape
@@ -470,24 +476,36 @@ def exchangeable_angles(h0_sq: np.ndarray, delta_sq: np.ndarray, dot: np.ndarray
     rho_n = np.ascontiguousarray((rho * n_t).T)
     n_sq = np.ascontiguousarray((n_t * n_t).T)
     h0 = np.sqrt(h0_sq)
-    out = np.empty((b, m))
-    for lo in range(0, b, block):
+    tokens = len(h0)
+    angle_sums = np.zeros((b, m))
+
+    def draw_block(lo: int) -> None:
         ords = orders[lo:lo + block]
-        h = np.broadcast_to(h0[None, :], (len(ords), len(h0))).copy()
-        for pos in range(m):
-            layer = ords[:, pos]
-            hh = h * h
-            c = rho_n[layer] * h                                      # (blk, T)
-            h_next = np.sqrt(np.maximum(hh + 2 * c + n_sq[layer], 1e-300))
-            cos = np.clip((hh + c) / np.maximum(h * h_next, 1e-300), -1.0, 1.0)
-            out[lo:lo + block, pos] = (_arccos(cos) / np.pi).mean(axis=1)
-            h = h_next
-    return out
+        for t0 in range(0, tokens, chunk):
+            cols = slice(t0, t0 + chunk)
+            h = np.broadcast_to(h0[None, cols], (len(ords), len(h0[cols]))).copy()
+            for pos in range(m):
+                layer = ords[:, pos]
+                hh = h * h
+                c = rho_n[layer, cols] * h                                 # (blk, chunk)
+                h_next = np.sqrt(np.maximum(hh + 2 * c + n_sq[layer, cols], 1e-300))
+                cos = np.clip((hh + c) / np.maximum(h * h_next, 1e-300), -1.0, 1.0)
+                angle_sums[lo:lo + block, pos] += _arccos(cos).sum(axis=1)
+                h = h_next
+
+    # blocks of draws are independent and each is computed alike on any thread (numpy's
+    # elementwise kernels and torch's arccos on one thread each, the GIL released), so the
+    # values do not depend on the pool's size: one thread each of torch's, or of the cores
+    # lent under --cluster once the workers are idle
+    with small_lapack() as pool:
+        for done in [pool.submit(draw_block, lo) for lo in range(0, b, block)]:
+            done.result()
+    return angle_sums / (np.pi * tokens)
 
 
 def _arccos(x: np.ndarray) -> np.ndarray:
     """arccos through torch's vectorised kernel (SLEEF, ≤ 1 ulp; ≈ 2× numpy's scalar libm
-    call on AVX2, and threaded): most of the exchangeable-layers null's time is this call."""
+    call on AVX2): most of the exchangeable-layers null's time is this call."""
     import torch
     return torch.arccos(torch.from_numpy(x)).numpy()
 
