@@ -392,6 +392,31 @@ def test_tasks_start_longest_first_and_unestimated_ones_last():
     assert start_order([]) == []
 
 
+def test_tasks_whose_claims_keep_the_client_busy_start_first():
+    from probes.cluster import start_order
+    # a follow-up is the client's work on a result (its claims' nulls): largest first (Jackson's
+    # rule), then longest first among equal follow-ups; none given: longest first as above
+    gauge, twin_gauge, residual, twin_residual, tiny_residual, weights = 46, 39, 21, 18, 1, 0.5
+    costs = [gauge, twin_gauge, residual, twin_residual, tiny_residual, weights]
+    followups = [0, 0, 6.5, 6.5, 2.0, -1]
+    assert start_order(costs, followups) == [2, 3, 4, 0, 1, 5]
+    assert start_order(costs) == start_order(costs, [0] * 6) == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_residual_streams_claim_statistics_grow_with_layers_and_tokens():
+    from types import SimpleNamespace
+    from probes.probe_cost import claim_statistics_seconds
+
+    def model(layers):
+        return SimpleNamespace(layout=SimpleNamespace(num_layers=layers))
+    # SmolLM2-135M at the built-in corpus: ≈ 2 s late-layers + ≈ 4.5 s phase-C measured
+    assert 3 < claim_statistics_seconds(model(30), 4345) < 10
+    assert claim_statistics_seconds(model(59), 4345) == pytest.approx(
+        2 * claim_statistics_seconds(model(30), 4345))
+    assert claim_statistics_seconds(model(30), 2000) == pytest.approx(
+        2 * claim_statistics_seconds(model(30), 1000))
+
+
 class FakeTask:
     def __init__(self):
         self.finished = False
