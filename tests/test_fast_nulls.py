@@ -120,6 +120,31 @@ def test_exchangeable_angles_equal_the_reference():
     np.testing.assert_allclose(new, old, rtol=0, atol=1e-13)
 
 
+def test_exchangeable_angles_tiles_and_threads_change_no_value():
+    # tiles smaller than the data (3 token chunks, the last partial; 7 draw blocks, the last
+    # partial) give the reference's values, and the draw blocks run on two lent threads give
+    # exactly the values computed inline: each block is computed alike on any thread
+    from probes import small_lapack
+    rng = np.random.default_rng(6)
+    t, m = 700, 11
+    h0_sq = rng.random(t) * 50 + 1
+    delta_sq = rng.random((t, m)) * 3
+    dot = rng.standard_normal((t, m)) * np.sqrt(h0_sq[:, None] * delta_sq) * 0.3
+    orders = np.argsort(rng.random((100, m)), axis=1)
+    old = reference_exchangeable_angles(h0_sq, delta_sq, dot, orders)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        inline = residual.exchangeable_angles(h0_sq, delta_sq, dot, orders, block=16, chunk=256)
+        small_lapack.lend_threads(2)
+        pooled = residual.exchangeable_angles(h0_sq, delta_sq, dot, orders, block=16, chunk=256)
+    finally:
+        small_lapack.lend_threads(0)
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(inline, old, rtol=0, atol=1e-13)
+    np.testing.assert_array_equal(pooled, inline)
+
+
 def test_late_layers_evidence_equals_the_reference(monkeypatch):
     rng = np.random.default_rng(5)
     t, n = 500, 24
