@@ -108,13 +108,19 @@ def test_shared_subspace_evidence_equals_the_reference(monkeypatch):
 
 
 # -- exchangeable-layers null (late-layers claim) ---------------------------------------------
+def angle_problem(seed: int, tokens: int, layers: int, draws: int):
+    """A residual stream's per-token statistics (‖h_0‖², ‖δ‖², ⟨h, δ⟩ with |cos| ≲ 0.3) and
+    ``draws`` random layer orders: the exchangeable-layers null's inputs."""
+    rng = np.random.default_rng(seed)
+    h0_sq = rng.random(tokens) * 50 + 1
+    delta_sq = rng.random((tokens, layers)) * 3
+    dot = rng.standard_normal((tokens, layers)) * np.sqrt(h0_sq[:, None] * delta_sq) * 0.3
+    orders = np.argsort(rng.random((draws, layers)), axis=1)
+    return h0_sq, delta_sq, dot, orders
+
+
 def test_exchangeable_angles_equal_the_reference():
-    rng = np.random.default_rng(4)
-    t, m = 700, 23
-    h0_sq = rng.random(t) * 50 + 1
-    delta_sq = rng.random((t, m)) * 3
-    dot = rng.standard_normal((t, m)) * np.sqrt(h0_sq[:, None] * delta_sq) * 0.3
-    orders = np.argsort(rng.random((300, m)), axis=1)
+    h0_sq, delta_sq, dot, orders = angle_problem(4, tokens=700, layers=23, draws=300)
     new = residual.exchangeable_angles(h0_sq, delta_sq, dot, orders)
     old = reference_exchangeable_angles(h0_sq, delta_sq, dot, orders)
     np.testing.assert_allclose(new, old, rtol=0, atol=1e-13)
@@ -125,12 +131,7 @@ def test_exchangeable_angles_tiles_and_threads_change_no_value():
     # partial) give the reference's values, and the draw blocks run on two lent threads give
     # exactly the values computed inline: each block is computed alike on any thread
     from probes import small_lapack
-    rng = np.random.default_rng(6)
-    t, m = 700, 11
-    h0_sq = rng.random(t) * 50 + 1
-    delta_sq = rng.random((t, m)) * 3
-    dot = rng.standard_normal((t, m)) * np.sqrt(h0_sq[:, None] * delta_sq) * 0.3
-    orders = np.argsort(rng.random((100, m)), axis=1)
+    h0_sq, delta_sq, dot, orders = angle_problem(6, tokens=700, layers=11, draws=100)
     old = reference_exchangeable_angles(h0_sq, delta_sq, dot, orders)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
