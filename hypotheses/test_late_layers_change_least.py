@@ -44,6 +44,7 @@ CLAIM = Claim(
 
 
 @pytest.mark.activations
-def test_late_layers_change_least(residual_stream, strata, verdict):
+def test_late_layers_change_least(residual_stream, late_layers_null, strata, verdict):
     verdict(CLAIM, residual.late_layers_change_least(residual_stream, seed=strata.seed,
-                                                     min_layers=MIN_LAYERS))
+                                                     min_layers=MIN_LAYERS,
+                                                     null=late_layers_null))

@@ -32,6 +32,7 @@ CLAIM = Claim(
 
 
 @pytest.mark.activations
-def test_phase_c_shared_subspace(residual_stream, phases, strata, verdict):
+def test_phase_c_shared_subspace(residual_stream, phase_c_capture_null, phases, strata,
+                                 verdict):
     verdict(CLAIM, residual.shared_subspace(residual_stream, phases, "C", seed=strata.seed,
-                                            min_layers=MIN_LAYERS))
+                                            min_layers=MIN_LAYERS, null=phase_c_capture_null))

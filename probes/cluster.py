@@ -349,26 +349,21 @@ def restore_malloc_thresholds() -> bool:
         return False
 
 
-def start_order(costs: list[float], followups: list[float] | None = None) -> list[int]:
-    """The order to start tasks of estimated ``costs`` in (indices into ``costs``): the tasks
-    whose results the client then works longest on first (``followups``: seconds of claim
-    statistics after the result arrives), and among equal follow-ups longest first (LPT), ties
-    in the given order; a negative or missing estimate counts as 0.
+def start_order(costs: list[float]) -> list[int]:
+    """The order to start tasks of estimated ``costs`` in (indices into ``costs``): longest first
+    (LPT), ties in the given order; a negative or missing estimate counts as 0.
 
     Started as workers free up (:class:`Dispatcher`), longest first keeps the makespan within
     4/3 − 1/(3·workers) of the best (Graham's bound): a long task started last would keep
-    one worker busy after the others are idle. But a result is not done when its task is: the
-    client still computes its claims' nulls, one claim after another. A follow-up is a delivery
-    time, and largest delivery time first (Jackson's rule) is what keeps it from coming after
-    the last task: measured on the zoo scenario with the whole corpus (benchmarks/cluster.py,
-    2 cores, Zen 2), longest first left 34 s of the client's statistics to start once the
-    residual streams arrived, 18 s of them after the workers were done. Not shortest-first
-    within each worker's share either: measured on the zoo at 1,000 tokens, the client's
-    statistics then ran beside two busy workers and the gauge probes slowed by 40 % (91 s
-    against 70 s)."""
+    one worker busy after the others are idle. A task's cost includes the entries derived from
+    its result (``fixtures/cluster.py``: the claims' nulls run right after it), so the chain,
+    not the probe alone, is what is ordered. Before the nulls were derived entries the client
+    computed them, one claim after another, beside two busy workers: measured on the zoo
+    scenario (benchmarks/cluster.py, 2 cores), three busy processes on two cores slowed the
+    gauge probes by 20–40 %, and ordering the residual streams first (their nulls then ran
+    early) could not undo that."""
     costs = [max(0.0, float(c)) for c in costs]
-    follow = [max(0.0, float(f)) for f in (followups or [0.0] * len(costs))]
-    return sorted(range(len(costs)), key=lambda i: (-follow[i], -costs[i]))
+    return sorted(range(len(costs)), key=lambda i: -costs[i])
 
 
 class Dispatcher:

@@ -2,8 +2,9 @@
 
 Used only to order work (``fixtures/cluster.py`` starts a cluster's tasks longest first,
 :func:`probes.cluster.start_order`: the classic rule for a short makespan on a few workers — a
-long probe started last keeps one worker busy after the rest are idle — after the probes whose
-results the client's claim statistics take longest over, :func:`claim_statistics_seconds`).
+long probe started last keeps one worker busy after the rest are idle; a probe and the claims'
+nulls derived from it count as one chain: :func:`exchangeable_null_seconds`,
+:func:`capture_null_seconds`).
 Nothing numerical depends on these figures; a wrong estimate costs time, never a result.
 
 Each estimate is a FLOP count (and, where reading the weights dominates, a byte count) over this
@@ -95,16 +96,23 @@ def forward_seconds(model, tokens: int, bf16: bool, device: str = "cpu",
 
 
 # seconds per angle of the late-layers claim's exchangeable-layers null (a few float64
-# elementwise operations and an arccos per token, layer and draw): 2.05 s for SmolLM2-135M's
+# elementwise operations and an arccos per token, layer and draw): 1.52 s for SmolLM2-135M's
 # 1,000 × 29 × 4,345 angles on one AMD EPYC Zen 2 core
-ANGLE_SECONDS = 16e-9
+ANGLE_SECONDS = 12e-9
+# seconds per n³ of a small symmetric eigenproblem solved in a batch (the phase-C null's
+# leave-one-out bases): ≈ 2 s for SmolLM2-135M's 1,000 × 8 problems of 56 × 56, one core
+EIGH_SECONDS_PER_N3 = 1.4e-9
 
 
-def claim_statistics_seconds(model, tokens: int, draws: int = 1000) -> float:
-    """What the client computes on a residual-stream result before its claims are decided: the
-    late-layers null (``draws`` × (layers − 1) × ``tokens`` angles, ``probes.residual.
-    exchangeable_angles``) and about as much again for the phase-C leave-one-out null (measured
-    on SmolLM2-135M, 4,345 tokens: 2.0 and 4.5 s). For ordering only (:func:`probes.cluster.
-    start_order`: a result whose claims cost the client most is computed first)."""
+def exchangeable_null_seconds(model, tokens: int, draws: int = 1000) -> float:
+    """The late-layers null (``probes.residual.exchangeable_null``): ``draws`` × (layers − 1) ×
+    ``tokens`` angles."""
     layers = max(1, model.layout.num_layers - 1)
-    return 2 * ANGLE_SECONDS * draws * layers * max(tokens, 1)
+    return ANGLE_SECONDS * draws * layers * max(tokens, 1)
+
+
+def capture_null_seconds(size: int, top_k: int, draws: int = 1000) -> float:
+    """The phase-C null (``probes.residual.capture_null``): ``draws`` × ``size`` leave-one-out
+    eigenproblems of order (size − 1) · top_k."""
+    order = max(size - 1, 1) * top_k
+    return EIGH_SECONDS_PER_N3 * draws * max(size, 1) * order ** 3

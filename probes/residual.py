@@ -338,9 +338,42 @@ def _phase_capture_profile(topk: np.ndarray, phases: dict, rank: int) -> np.ndar
     return out
 
 
+CAPTURE_NULL_ID = "layer_label_capture_null"   # a derived cache entry (fixtures/residual.py)
+CAPTURE_NULL_VERSION = 1
+
+
+def capture_null(result: dict, size: int, seed: int = 0, draws: int = DEFAULT_DRAWS,
+                 rank: int = CAPTURE_RANK) -> dict:
+    """The layer-label permutation null of the mean LOO capture (:func:`shared_subspace`) for a
+    phase of ``size`` layers: the mean capture of each random layer set of that size
+    (:func:`label_subsets`: every set when C(n, size) ≤ ``draws``, else ``draws`` sets drawn
+    with ``seed``). Depends on the result only through its top-k directions; cached as a derived
+    entry of the residual stream, so a rerun (or a cluster worker, right after the forward)
+    need not solve its B × size eigenproblems again. Returns ``{"capture": (B,), "size",
+    "seed", "draws", "rank", "exact"}``."""
+    _check_finite(result, "top_dirs")
+    topk = np.asarray(result["top_dirs"], dtype=np.float64)
+    n, k, _ = topk.shape
+    subsets, exact = label_subsets(n, size, seed, draws)
+    # below 2 layers there is nothing to leave one out of: the claim is N/A before any null
+    capture = (loo_capture_batch(direction_gram(topk), k, subsets, rank).mean(axis=1)
+               if 2 <= size <= n else np.empty(0))
+    return {"capture": capture, "size": int(size), "seed": int(seed), "draws": int(draws),
+            "rank": int(rank), "exact": bool(exact)}
+
+
+def _matching_null(null: dict, **expected) -> dict:
+    """``null`` (a derived entry) after checking it was drawn for these parameters."""
+    differ = {k: (null.get(k), v) for k, v in expected.items() if null.get(k) != v}
+    if differ:
+        raise ValueError(f"the null was computed for other parameters: "
+                         f"{', '.join(f'{k} {a} (wanted {b})' for k, (a, b) in differ.items())}")
+    return null
+
+
 def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
                     draws: int = DEFAULT_DRAWS, rank: int = CAPTURE_RANK,
-                    min_layers: int = 3) -> Evidence:
+                    min_layers: int = 3, null: dict | None = None) -> Evidence:
     """Evidence that a phase's layers update the stream in a shared subspace.
 
     Primary statistic: mean LOO capture over the phase's layers (random-direction value r/d).
@@ -348,7 +381,9 @@ def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
     Null for both: layer-label permutation — the same statistic for random layer sets of the
     phase's size (exact enumeration when C(n, m) ≤ ``draws``). Direction greater. The verdict's
     p is the intersection–union p = max(p_capture, p_intra−cross), so support needs both to beat
-    the null; effect, interval and null moments are the capture's.
+    the null; effect, interval and null moments are the capture's. ``null``: the capture null
+    already computed (:func:`capture_null` for this phase's size, ``seed``, ``draws`` and
+    ``rank``; a cached derived entry), else it is computed here.
     """
     _check_finite(result, "top_dirs")
     topk = np.asarray(result["top_dirs"], dtype=np.float64)
@@ -356,8 +391,11 @@ def shared_subspace(result: dict, phases: dict, phase: str = "C", seed: int = 0,
     # ≥ 3: leaving one out must leave a pair of layers whose basis captures it
     members = _members(phases, phase, n, max(min_layers, 3))
     subsets, exact = label_subsets(n, len(members), seed, draws)
+    if null is None:
+        null = capture_null(result, len(members), seed, draws, rank)
+    cap_null = np.asarray(_matching_null(null, size=len(members), seed=seed, draws=draws,
+                                         rank=rank)["capture"], dtype=np.float64)
     gram = direction_gram(topk)
-    cap_null = loo_capture_batch(gram, k, subsets, rank).mean(axis=1)
     caps = loo_capture_batch(gram, k, members[None, :], rank)[0]
     cap_obs = float(caps.mean())
     abscos = abs_cos_matrix(topk[:, 0])
@@ -526,8 +564,30 @@ def half_min_contrast(angles: np.ndarray, num_layers: int) -> np.ndarray:
     return a[..., :s].min(axis=-1) - a[..., s:num_layers - 1].min(axis=-1)
 
 
-def late_layers_change_least(result: dict, seed: int = 0, draws: int = 1000,
-                             min_layers: int = 4) -> Evidence:
+EXCHANGEABLE_NULL_ID = "exchangeable_layers_null"   # a derived cache entry (fixtures/residual.py)
+EXCHANGEABLE_NULL_VERSION = 1
+LATE_NULL_DRAWS = 1000
+
+
+def exchangeable_null(result: dict, seed: int = 0, draws: int = LATE_NULL_DRAWS) -> dict:
+    """The exchangeable-layers null of :func:`late_layers_change_least`: the mean angular step of
+    layers 0 … n−2 when each token's own updates act in ``draws`` random layer orders (seeded
+    permutations, :func:`exchangeable_angles`). Cached as a derived entry of the residual
+    stream, so a rerun (or a cluster worker, right after the forward) need not redo its
+    draws × layers × tokens angles. Returns ``{"angles": (draws, n−1), "seed", "draws"}``."""
+    _check_finite(result, "tok_delta_sq", "tok_dot", "tok_h_sq")
+    m = int(np.asarray(result["angular_step"]).shape[0]) - 1
+    d_sq = np.asarray(result["tok_delta_sq"], dtype=np.float64)[:, :m]
+    dot = np.asarray(result["tok_dot"], dtype=np.float64)[:, :m]
+    h0_sq = np.asarray(result["tok_h_sq"], dtype=np.float64)[:, 0]
+    orders = np.argsort(np.random.default_rng(seed).random((draws, m)), axis=1)
+    # without a layer to place the claim is N/A before any null
+    angles = exchangeable_angles(h0_sq, d_sq, dot, orders) if m >= 1 else np.empty((draws, 0))
+    return {"angles": angles, "seed": int(seed), "draws": int(draws)}
+
+
+def late_layers_change_least(result: dict, seed: int = 0, draws: int = LATE_NULL_DRAWS,
+                             min_layers: int = 4, null: dict | None = None) -> Evidence:
     """Evidence that the smallest angular step between h_L and h_{L+1} is in the second half.
 
     Statistic: :func:`half_min_contrast` of the measured angular-step profile (mean over tokens
@@ -539,22 +599,24 @@ def late_layers_change_least(result: dict, seed: int = 0, draws: int = 1000,
     least"; this null keeps the accumulation and asks whether the late layers' *own* updates
     are small. p = the Monte Carlo p, set to 1 when the argmin lies in the first half (then the
     literal claim is false). Also reported: the argmin-position null, the chance that a random
-    candidate layer lies in the second half (#second-half candidates / (n−1)).
+    candidate layer lies in the second half (#second-half candidates / (n−1)). ``null``: the
+    null already computed (:func:`exchangeable_null` for ``seed`` and ``draws``; a cached
+    derived entry), else it is computed here.
     """
     _check_finite(result, "tok_delta_sq", "tok_dot", "tok_h_sq", "angular_step")
     n = int(np.asarray(result["angular_step"]).shape[0])
     # ≥ 4 so both halves have a candidate layer (the last layer is not one)
     require(n, max(min_layers, 4), "layer", "in the model")
     d_sq = np.asarray(result["tok_delta_sq"], dtype=np.float64)
-    dot = np.asarray(result["tok_dot"], dtype=np.float64)
     h0_sq = np.asarray(result["tok_h_sq"], dtype=np.float64)[:, 0]
     m = n - 1
     if np.any(h0_sq <= 0) or np.any(d_sq[:, :m].sum(axis=0) <= 0):
         raise NotApplicable("a layer has a zero residual stream or a zero update")
     measured = np.asarray(result["angular_step"], dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    orders = np.argsort(rng.random((draws, m)), axis=1)
-    null_angles = exchangeable_angles(h0_sq, d_sq[:, :m], dot[:, :m], orders)
+    if null is None:
+        null = exchangeable_null(result, seed, draws)
+    null_angles = np.asarray(_matching_null(null, seed=seed, draws=draws)["angles"],
+                             dtype=np.float64)
     obs = float(half_min_contrast(measured[:m], n))
     null = half_min_contrast(null_angles, n)
     argmin = int(np.argmin(measured[:m]))

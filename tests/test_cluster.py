@@ -31,24 +31,34 @@ def test_local_cluster_gives_the_serial_records_for_three_models(tmp_path):
     a, b = records(tmp_path / "serial"), records(tmp_path / "cluster")
     assert len(a["records"]) > 100
     assert comparable(a) == comparable(b)
-    # 3 models + 3 twins, 4 probes each: all computed on the cluster, none twice
+    # 3 models + 3 twins, 4 probes and the 2 nulls derived from the residual stream each: all
+    # computed on the cluster, none twice
     summary = [line for line in spread.stdout.splitlines() if "strata: cluster local:2" in line]
-    assert summary and "24 of 24 planned probes computed on 2 worker(s)" in summary[0], summary
+    assert summary and "36 of 36 planned probes computed on 2 worker(s)" in summary[0], summary
     # beside the report: every task, where and when it ran (the balance the totals hide)
     timeline = json.loads((tmp_path / "cluster" / "cluster-tasks.json").read_text())["tasks"]
-    assert len(timeline) == 24 and len({t["worker"] for t in timeline}) == 2
+    assert len(timeline) == 36 and len({t["worker"] for t in timeline}) == 2
     starts = [t["start"] for t in timeline]
     assert starts == sorted(starts) and starts[0] >= 0 and all(t["compute_s"] > 0 for t in timeline)
-    probes = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream")
+    probes = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream",
+              "late_layers_null", "phase_c_capture_null")
     names = {t["key"].rsplit("-", 1)[0] for t in timeline}   # "<probe>_<model>-<random hex>"
-    assert len(names) == 24 and all(n.startswith(probes) for n in names), names
+    assert len(names) == 36 and all(n.startswith(probes) for n in names), names
+    # a derived null starts once its residual stream is done
+    ends = {n.removeprefix("residual_stream_"): t["start"] + t["compute_s"]
+            for t in timeline if (n := t["key"].rsplit("-", 1)[0]).startswith("residual_stream")}
+    for t in timeline:
+        name = t["key"].rsplit("-", 1)[0]
+        for null in ("late_layers_null_", "phase_c_capture_null_"):
+            if name.startswith(null):
+                assert t["start"] >= ends[name.removeprefix(null)] - 0.05, (name, t, ends)
     # --cluster was on the command line: the workers started while pytest imported its plugins
     assert json.loads((tmp_path / "cluster" / "cluster-tasks.json").read_text())[
         "workers_started"] == "with the plugins"
     # the client cached every result: a serial rerun on that cache computes nothing
     again = run_pytest([*CLAIMS, *THREE_MODELS, "--cluster=local:2"], tmp_path / "c2",
                        tmp_path / "again")
-    assert "0 of 24 planned probes" in again.stdout, again.stdout[-2000:]
+    assert "0 of 36 planned probes" in again.stdout, again.stdout[-2000:]
     assert comparable(records(tmp_path / "again")) == comparable(a)
 
 
@@ -392,29 +402,21 @@ def test_tasks_start_longest_first_and_unestimated_ones_last():
     assert start_order([]) == []
 
 
-def test_tasks_whose_claims_keep_the_client_busy_start_first():
-    from probes.cluster import start_order
-    # a follow-up is the client's work on a result (its claims' nulls): largest first (Jackson's
-    # rule), then longest first among equal follow-ups; none given: longest first as above
-    gauge, twin_gauge, residual, twin_residual, tiny_residual, weights = 46, 39, 21, 18, 1, 0.5
-    costs = [gauge, twin_gauge, residual, twin_residual, tiny_residual, weights]
-    followups = [0, 0, 6.5, 6.5, 2.0, -1]
-    assert start_order(costs, followups) == [2, 3, 4, 0, 1, 5]
-    assert start_order(costs) == start_order(costs, [0] * 6) == [0, 1, 2, 3, 4, 5]
-
-
-def test_the_residual_streams_claim_statistics_grow_with_layers_and_tokens():
+def test_the_derived_nulls_cost_estimates_grow_with_their_work():
     from types import SimpleNamespace
-    from probes.probe_cost import claim_statistics_seconds
+    from probes.probe_cost import capture_null_seconds, exchangeable_null_seconds
 
     def model(layers):
         return SimpleNamespace(layout=SimpleNamespace(num_layers=layers))
-    # SmolLM2-135M at the built-in corpus: ≈ 2 s late-layers + ≈ 4.5 s phase-C measured
-    assert 3 < claim_statistics_seconds(model(30), 4345) < 10
-    assert claim_statistics_seconds(model(59), 4345) == pytest.approx(
-        2 * claim_statistics_seconds(model(30), 4345))
-    assert claim_statistics_seconds(model(30), 2000) == pytest.approx(
-        2 * claim_statistics_seconds(model(30), 1000))
+    # SmolLM2-135M at the built-in corpus: ≈ 1.5 s late-layers, ≈ 2 s phase-C (size 8) measured
+    assert 0.5 < exchangeable_null_seconds(model(30), 4345) < 5
+    assert exchangeable_null_seconds(model(59), 4345) == pytest.approx(
+        2 * exchangeable_null_seconds(model(30), 4345))
+    assert exchangeable_null_seconds(model(30), 2000) == pytest.approx(
+        2 * exchangeable_null_seconds(model(30), 1000))
+    assert 0.5 < capture_null_seconds(8, 8) < 5
+    # size problems of order (size − 1)·k each
+    assert capture_null_seconds(5, 8) / capture_null_seconds(3, 8) == pytest.approx(5 / 3 * 8)
 
 
 class FakeTask:

@@ -377,3 +377,57 @@ def test_report_names_what_each_model_was_fed(tmp_path):
     md = (tmp_path / "r" / "verdicts.md").read_text()
     assert "windows start with BOS 1" in md and "no BOS" in md
 
+
+
+def test_a_claims_run_does_not_import_hypothesis(tmp_path):
+    # hypothesis's pytest plugin imports the library in its terminal summary (≈ 1.5 s of every
+    # claims run); conftest.py drops the plugin when no collected test uses hypothesis
+    probe = ("import sys, pytest\n"
+             "class Seen:\n"
+             "    def pytest_unconfigure(self, config):\n"
+             "        kept = config.pluginmanager.get_plugin('hypothesispytest') is not None\n"
+             "        print('hypothesis plugin kept:', kept)\n"
+             "code = pytest.main(sys.argv[1:], plugins=[Seen()])\n"
+             "print('hypothesis imported:', 'hypothesis' in sys.modules)\n"
+             "sys.exit(code)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", probe, "-p", "no:cacheprovider", "-q",
+                               *args], cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=600)
+    claims = run(f"--cache-dir={tmp_path / 'cache'}", f"--report-dir={tmp_path / 'report'}",
+                 *WEIGHT_CLAIMS, "--model=synthetic:tiny-qwen3", "--no-twin")
+    assert "verdicts" in claims.stdout, claims.stdout[-2000:] + claims.stderr[-2000:]
+    assert "hypothesis plugin kept: False" in claims.stdout
+    assert "hypothesis imported: False" in claims.stdout
+    # where a collected test uses hypothesis, the plugin stays
+    properties = run("--co", "tests/test_stats.py")
+    assert "hypothesis plugin kept: True" in properties.stdout, properties.stdout[-2000:]
+
+
+def test_the_claims_nulls_are_cached_as_derived_entries(tmp_path):
+    # the late-layers and phase-C nulls are entries derived from the residual stream: a rerun
+    # reads them (and decides the same), another --seed draws new ones beside them
+    claims = ["hypotheses/test_late_layers_change_least.py",
+              "hypotheses/test_phase_c_shared_subspace.py"]
+    args = [*claims, "--model=synthetic:planted-adjacent", "--no-twin"]
+    cache = tmp_path / "cache"
+
+    def entries(probe):
+        return sorted(p.name for p in (cache / "probes" / probe).glob("*.safetensors"))
+    first = run_pytest(args, cache, tmp_path / "r1")
+    assert "verdicts" in first.stdout, first.stdout[-2000:] + first.stderr[-2000:]
+    late, capture = entries("exchangeable_layers_null"), entries("layer_label_capture_null")
+    assert len(late) == 1 and len(capture) == 1
+    stamps = {p: p.stat().st_mtime_ns for p in (cache / "probes").rglob("*.safetensors")}
+    again = run_pytest(args, cache, tmp_path / "r2")
+    assert "verdicts" in again.stdout, again.stdout[-2000:]
+    assert comparable(records(tmp_path / "r2")) == comparable(records(tmp_path / "r1"))
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps   # read, not rewritten
+    other = run_pytest([*args, "--seed=1"], cache, tmp_path / "r3")
+    assert "verdicts" in other.stdout, other.stdout[-2000:]
+    assert len(entries("exchangeable_layers_null")) == 2
+    assert len(entries("layer_label_capture_null")) == 2
+    assert entries("residual-stream") and len(entries("residual-stream")) == 2  # seed in its key
+    assert comparable(records(tmp_path / "r3")) != comparable(records(tmp_path / "r1"))

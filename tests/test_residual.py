@@ -264,6 +264,39 @@ def test_late_layers_planted_supported_exchangeable_not():
     assert not ev.extra["argmin_in_second_half"] and ev.p == 1.0
 
 
+def test_a_null_given_is_the_null_used_and_must_match_its_parameters():
+    # the claims' nulls come from the cache as derived entries: passing one gives the same
+    # evidence as drawing it inline, and one drawn for other parameters is refused
+    rng = np.random.default_rng(4)
+    n, d = 16, 32
+    small = np.ones(n)
+    small[9:15] = 0.2
+    stream = _stream(rng, 60, n, 16, small)
+    null = residual.exchangeable_null(stream, seed=3, draws=200)
+    assert null["angles"].shape == (200, n - 1) and (null["seed"], null["draws"]) == (3, 200)
+    inline = residual.late_layers_change_least(stream, seed=3, draws=200)
+    given = residual.late_layers_change_least(stream, seed=3, draws=200, null=null)
+    assert (given.observed, given.null_mean, given.null_sd, given.p) == \
+        (inline.observed, inline.null_mean, inline.null_sd, inline.p)
+    with pytest.raises(ValueError, match="seed 3 \\(wanted 4\\)"):
+        residual.late_layers_change_least(stream, seed=4, draws=200, null=null)
+
+    phases = default_phases(24)
+    result = _fake_result(_planted_topk(24, d, phases["C"]))
+    size = len(phases["C"])
+    null = residual.capture_null(result, size, seed=5, draws=150)
+    assert null["capture"].shape == (150,) and not null["exact"]
+    inline = residual.shared_subspace(result, phases, "C", seed=5, draws=150)
+    given = residual.shared_subspace(result, phases, "C", seed=5, draws=150, null=null)
+    assert (given.observed, given.null_mean, given.null_sd, given.p) == \
+        (inline.observed, inline.null_mean, inline.null_sd, inline.p)
+    with pytest.raises(ValueError, match="size"):
+        residual.shared_subspace(result, phases, "C", seed=5, draws=150,
+                                 null=residual.capture_null(result, size + 1, seed=5, draws=150))
+    # too few layers to leave one out: no null drawn (the claim is N/A before it needs one)
+    assert residual.capture_null(result, 1, seed=5)["capture"].shape == (0,)
+
+
 # --------------------------------------------------------------------- calibration ---------
 def test_split_documents_blank_lines_and_separators():
     assert calibration.split_documents("a b\nc\n\n\n  \nd\n\ne") == ["a b\nc", "d", "e"]
