@@ -100,7 +100,8 @@ def forward_seconds(model, tokens: int, bf16: bool, device: str = "cpu",
 # 1,000 × 29 × 4,345 angles on one AMD EPYC Zen 2 core
 ANGLE_SECONDS = 12e-9
 # seconds per n³ of a small symmetric eigenproblem solved in a batch (the phase-C null's
-# leave-one-out bases): ≈ 2 s for SmolLM2-135M's 1,000 × 8 problems of 56 × 56, one core
+# leave-one-out bases): 4.6–5.7 s for SmolLM2-135M's 1,000 × 10 problems of order 72 (phase C
+# has 10 of its 30 layers), one AMD EPYC Zen 4 core
 EIGH_SECONDS_PER_N3 = 1.4e-9
 
 

@@ -408,13 +408,13 @@ def test_the_derived_nulls_cost_estimates_grow_with_their_work():
 
     def model(layers):
         return SimpleNamespace(layout=SimpleNamespace(num_layers=layers))
-    # SmolLM2-135M at the built-in corpus: ≈ 1.5 s late-layers, ≈ 2 s phase-C (size 8) measured
+    # SmolLM2-135M at the built-in corpus: ≈ 1.5–2 s late-layers, ≈ 5 s phase-C (size 10)
     assert 0.5 < exchangeable_null_seconds(model(30), 4345) < 5
     assert exchangeable_null_seconds(model(59), 4345) == pytest.approx(
         2 * exchangeable_null_seconds(model(30), 4345))
     assert exchangeable_null_seconds(model(30), 2000) == pytest.approx(
         2 * exchangeable_null_seconds(model(30), 1000))
-    assert 0.5 < capture_null_seconds(8, 8) < 5
+    assert 2 < capture_null_seconds(10, 8) < 12
     # size problems of order (size − 1)·k each
     assert capture_null_seconds(5, 8) / capture_null_seconds(3, 8) == pytest.approx(5 / 3 * 8)
 
