@@ -63,7 +63,9 @@ from probes.stats import clopper_pearson
 ALPHA = 0.05
 DEFAULT_BASE = "smollm2-135m"
 # cheapest probe group first; the gauge probe (minutes per model) last
-PROBE_ORDER = (("weight_gram", "head_metric_result"), ("residual_stream",), ("gauge_alignment",))
+PROBE_ORDER = (("weight_gram", "head_metric_result"),
+               ("residual_stream", "late_layers_null", "phase_c_capture_null"),
+               ("gauge_alignment",))
 
 
 @dataclass(frozen=True)

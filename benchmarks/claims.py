@@ -6,7 +6,8 @@ phase × family it would be parametrized over (``phase``: every phase of the map
 the ``@pytest.mark.families`` list, else the model's families), with
 
 * the probe fixtures (``weight_gram``, ``head_metric_result``, ``gauge_alignment``,
-  ``residual_stream``) computed by the fixtures' own code (``fixtures/<probe>.py``, called
+  ``residual_stream``, and the claims' nulls derived from it: ``late_layers_null``,
+  ``phase_c_capture_null``) computed by the fixtures' own code (``fixtures/<probe>.py``, called
   through a stand-in for the ``strata`` session), so the cache keys — and the numbers — are
   those of a ``pytest hypotheses/`` run, and each probe runs once per model;
 * ``verdict`` collecting ``probes.evidence.decide(claim, evidence, alpha)``;
@@ -32,7 +33,8 @@ from probes.phases import default_phases
 
 REPO = Path(__file__).resolve().parent.parent
 HYPOTHESES = REPO / "hypotheses"
-PROBE_FIXTURES = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream")
+PROBE_FIXTURES = ("weight_gram", "head_metric_result", "gauge_alignment", "residual_stream",
+                  "late_layers_null", "phase_c_capture_null")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,24 @@ class Session:
         """As ``StrataSession.request``: the cached or computed result of a ``ProbeRequest``."""
         return self.probe(model, req.probe_id, req.version, req.params, req.compute)
 
+    def derive(self, model, req, base_result):
+        """As ``StrataSession.derive``: a derived entry, computed from ``base_result``."""
+        return self.request(model, req._replace(compute=lambda: req.derived.compute(base_result)))
+
+
+class _WithPhases:
+    """The session as one :func:`evaluate` call sees it: its phase map for ``phases(model)``
+    (what a derived null's parameters read, as ``StrataSession.phases`` does under pytest)."""
+
+    def __init__(self, session: Session, phases: dict):
+        self._session, self._phases = session, phases
+
+    def phases(self, model) -> dict:
+        return self._phases
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
+
 
 def probe_fixture(name: str) -> Callable:
     """The undecorated function of the probe fixture ``name`` (takes ``strata``, ``model``)."""
@@ -136,21 +156,29 @@ def probe_fixture(name: str) -> Callable:
     fixture = {"weight_gram": fixtures.weights.weight_gram,
                "head_metric_result": fixtures.head_metric.head_metric_result,
                "gauge_alignment": fixtures.gauge.gauge_alignment,
-               "residual_stream": fixtures.residual.residual_stream}[name]
+               "residual_stream": fixtures.residual.residual_stream,
+               "late_layers_null": fixtures.residual.late_layers_null,
+               "phase_c_capture_null": fixtures.residual.phase_c_capture_null}[name]
     return fixture.__wrapped__
 
 
 class ModelProbes:
-    """Probe results of one model, each computed (or read from the cache) once, on demand."""
+    """Probe results of one model, each computed (or read from the cache) once, on demand; a
+    fixture that takes another probe fixture (a derived null) gets that one's result."""
 
-    def __init__(self, model, session: Session):
+    def __init__(self, model, session: Session, phases: dict | None = None):
         self.model, self.session = model, session
+        self.phases = phases or default_phases(model.layout.num_layers)
         self._done: dict[str, object] = {}
 
     def get(self, name: str):
         if name not in self._done:
+            fn = probe_fixture(name)
             try:
-                self._done[name] = probe_fixture(name)(strata=self.session, model=self.model)
+                inputs = {p: self.get(p) for p in inspect.signature(fn).parameters
+                          if p in PROBE_FIXTURES}
+                self._done[name] = fn(strata=_WithPhases(self.session, self.phases),
+                                      model=self.model, **inputs)
             except NotApplicable as exc:
                 self._done[name] = exc
         value = self._done[name]
@@ -166,7 +194,7 @@ def evaluate(model, claims: Iterable[ClaimTest], session: Session, alpha: float 
     the verdict and the numbers it rests on. ``only`` maps a claim id to the (phase, family)
     pairs to evaluate (None: all), for power runs that look at the planted region only."""
     phases = phases or default_phases(model.layout.num_layers)
-    probes = probes or ModelProbes(model, session)
+    probes = probes or ModelProbes(model, session, phases)
     records = []
     for ct in claims:
         want = (only or {}).get(ct.claim.id)

@@ -284,8 +284,9 @@ def test_probes_split_into_units_give_the_serial_verdicts(tmp_path):
     assert {r["claim"] for r in a["records"]} >= {"phase-C-shared-subspace",
                                                   "aligned-delta-E-exceeds-C"}
     close_records(a, b)
-    # 2 probes × 4 models (with twins), each in 3 units + a combining task
-    assert "8 of 8 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]
+    # 2 probes × 4 models (with twins), each in 3 units + a combining task, and the 2 nulls
+    # derived from each residual stream, after its combining task
+    assert "16 of 16 planned probes computed on 2 worker(s)" in spread.stdout, spread.stdout[-1500:]
 
 
 WHERE_A_BUFFER_LIVES = """
