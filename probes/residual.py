@@ -618,11 +618,11 @@ def late_layers_change_least(result: dict, seed: int = 0, draws: int = LATE_NULL
     null_angles = np.asarray(_matching_null(null, seed=seed, draws=draws)["angles"],
                              dtype=np.float64)
     obs = float(half_min_contrast(measured[:m], n))
-    null = half_min_contrast(null_angles, n)
+    null_contrast = half_min_contrast(null_angles, n)
     argmin = int(np.argmin(measured[:m]))
     s = second_half_start(n)
-    p = monte_carlo_p(obs - 1e-12, null, "greater") if argmin >= s else 1.0
-    mu, sd = float(null.mean()), float(null.std(ddof=1))
+    p = monte_carlo_p(obs - 1e-12, null_contrast, "greater") if argmin >= s else 1.0
+    mu, sd = float(null_contrast.mean()), float(null_contrast.std(ddof=1))
     eff = oriented(obs, mu, "greater")
     return Evidence(
         observed=obs, null_kind=f"exchangeable layers (random layer order, Monte Carlo, seed {seed})",

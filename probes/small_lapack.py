@@ -59,8 +59,8 @@ def small_lapack(device="cpu"):
     """An executor for independent small torch factorisations (svd, eigh, cholesky, qr of
     matrices up to a few hundred rows) — or other jobs that each run on one thread with the GIL
     released, such as blocks of a null's draws — each on one LAPACK thread, as many at once as
-    torch had threads. Off the CPU, or with one thread, jobs run inline. torch's thread count is restored
-    on exit (:func:`lend_threads` may widen the pool)."""
+    torch had threads. Off the CPU, or with one thread, jobs run inline. torch's thread count is
+    restored on exit (:func:`lend_threads` may widen the pool)."""
     threads = torch.get_num_threads()
     restore, threads = threads, max(threads, _LENT)
     if torch.device(device).type != "cpu" or threads == 1:
